@@ -1,0 +1,1 @@
+"""The HTTP edge and the cross-cutting concerns: config, CLI, errors, streaming."""

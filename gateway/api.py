@@ -1,0 +1,229 @@
+"""The OpenAI-compatible endpoints: chat completions, embeddings and models.
+
+Handlers take the raw `Request` instead of FastAPI-parsed models: the body is parsed once with orjson
+and validated once with strict pydantic models, and every failure is answered in OpenAI's error shape
+(FastAPI's own 422 shape would break the SDKs' error handling).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from gateway.errors import APIError, from_provider_error, internal_error
+from gateway.http_io import SSEResponse, error_response, json_response, read_json_object, request_id, sse_error_event
+from gateway.locations import data_path, format_path
+from gateway.runtime import Runtime
+from providers.base import CallOptions
+from providers.errors import ProviderError
+from providers.schema import ChatCompletionRequest, ChatRequest, EmbeddingRequest, EmbedRequest, StreamChunk
+from routing.router import Deployment, UnknownModel, WrongModelMode
+
+log = logging.getLogger("llm_gateway.api")
+router = APIRouter()
+
+Params = TypeVar("Params", bound=BaseModel)
+
+
+@router.post("/v1/chat/completions")
+@router.post("/chat/completions", include_in_schema=False)
+async def chat_completions(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    rid = request_id(request)
+    headers = {"x-request-id": rid}
+    try:
+        body = await read_json_object(request, runtime.config.server.max_body_bytes)
+        params = _validate(ChatCompletionRequest, body)
+        deployment = _plan(runtime, params.model, "chat")[0]
+    except APIError as error:
+        return error_response(error, headers)
+    headers["x-gateway-provider"] = deployment.provider
+    headers["x-gateway-model"] = deployment.model
+    call = ChatRequest(body=body, params=params)
+    options = _call_options(request, deployment, streaming=bool(params.stream))
+    if params.stream:
+        return await _start_stream(deployment, call, options, headers)
+    try:
+        completion = await deployment.adapter.chat(deployment.model, call, options)
+    except ProviderError as error:
+        return error_response(from_provider_error(error), headers)
+    return json_response(completion, headers=headers)
+
+
+@router.post("/v1/embeddings")
+@router.post("/embeddings", include_in_schema=False)
+async def embeddings(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    headers = {"x-request-id": request_id(request)}
+    try:
+        body = await read_json_object(request, runtime.config.server.max_body_bytes)
+        params = _validate(EmbeddingRequest, body)
+        if params.input == [] or params.input == "":
+            raise APIError(400, "'input' must not be empty.", param="input", code="invalid_value")
+        deployment = _plan(runtime, params.model, "embeddings")[0]
+    except APIError as error:
+        return error_response(error, headers)
+    headers["x-gateway-provider"] = deployment.provider
+    headers["x-gateway-model"] = deployment.model
+    try:
+        result = await deployment.adapter.embed(
+            deployment.model,
+            EmbedRequest(body=body, params=params),
+            _call_options(request, deployment, streaming=False),
+        )
+    except ProviderError as error:
+        return error_response(from_provider_error(error), headers)
+    return json_response(result, headers=headers)
+
+
+@router.get("/v1/models")
+@router.get("/models", include_in_schema=False)
+async def list_models(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    data = [_model_object(runtime, name) for name in runtime.config.models]
+    return json_response({"object": "list", "data": data}, headers={"x-request-id": request_id(request)})
+
+
+@router.get("/v1/models/{model_id:path}")
+@router.get("/models/{model_id:path}", include_in_schema=False)
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    headers = {"x-request-id": request_id(request)}
+    if model_id not in runtime.config.models:
+        return error_response(_model_not_found(model_id), headers)
+    return json_response(_model_object(runtime, model_id), headers=headers)
+
+
+# --- streaming ---------------------------------------------------------------------------------------
+
+
+async def _start_stream(
+    deployment: Deployment, call: ChatRequest, options: CallOptions, headers: dict[str, str]
+) -> Response:
+    """Wait for the first chunk before answering 200.
+
+    Until then a failure is still an ordinary HTTP error the client (and, later, the fallback logic)
+    can act on; after it, a failure can only be reported inside the stream.
+    """
+    chunks = deployment.adapter.stream(deployment.model, call, options)
+    try:
+        first = await anext(chunks)
+    except ProviderError as error:
+        await chunks.aclose()
+        return error_response(from_provider_error(error), headers)
+    except StopAsyncIteration:
+        return error_response(
+            APIError(
+                502, "Upstream ended the stream without sending anything.", type="server_error", code="upstream_error"
+            ),
+            headers,
+        )
+    return SSEResponse(_sse_events(first, chunks, call.params.wants_usage_chunk), headers)
+
+
+async def _sse_events(
+    first: StreamChunk, chunks: AsyncIterator[StreamChunk], wants_usage: bool
+) -> AsyncIterator[bytes]:
+    chunk = first
+    try:
+        while True:
+            data = chunk.data
+            # Adapters always end with a usage-only chunk; clients that did not ask for it don't get it.
+            if wants_usage or data.get("choices") or not data.get("usage"):
+                yield b"data: " + (chunk.raw if chunk.raw is not None else orjson.dumps(data)) + b"\n\n"
+            chunk = await anext(chunks)
+    except StopAsyncIteration:
+        yield b"data: [DONE]\n\n"
+    except ProviderError as error:
+        # Headers are gone: tell the SDK in-band, which raises it as an APIError (no silent cut).
+        yield sse_error_event(from_provider_error(error))
+    except Exception:
+        log.exception("stream failed")
+        yield sse_error_event(internal_error())
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def _validate(model: type[Params], body: dict[str, Any]) -> Params:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise _invalid_request(exc, body) from None
+
+
+def _invalid_request(exc: ValidationError, body: dict[str, Any]) -> APIError:
+    errors = exc.errors(include_url=False, include_context=False)
+    first = errors[0]
+    missing = first["type"] == "missing"
+    path = data_path(first["loc"], body, missing=missing)
+    param = format_path(path) or None
+    if missing:
+        return APIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    # A value that fits no member of a union yields one error per member: say them together.
+    reasons = [e["msg"] for e in errors if data_path(e["loc"], body) == path]
+    reason = "; or ".join(dict.fromkeys(reasons))
+    if first["type"] == "too_short" and isinstance(first.get("input"), list) and not first["input"]:
+        reason = "expected a non-empty array, got an empty one"
+    return APIError(400, f"Invalid value for '{param}': {reason}.", param=param, code="invalid_value")
+
+
+def _plan(runtime: Runtime, model: str, mode: str) -> tuple[Deployment, ...]:
+    try:
+        return runtime.router.plan(model, mode)
+    except UnknownModel:
+        raise _model_not_found(model) from None
+    except WrongModelMode as exc:
+        raise APIError(
+            400,
+            f"The model '{model}' is an {exc.mode} model and cannot serve this endpoint.",
+            param="model",
+            code="model_not_supported",
+        ) from None
+
+
+def _model_not_found(model: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{model}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _model_object(runtime: Runtime, name: str) -> dict[str, Any]:
+    alias = runtime.config.models[name]
+    return {
+        "id": name,
+        "object": "model",
+        "created": alias.created if alias.created is not None else runtime.started_at,
+        "owned_by": alias.owned_by,
+    }
+
+
+def _call_options(request: Request, deployment: Deployment, *, streaming: bool) -> CallOptions:
+    """The deployment's limits, tightened by the client's own read timeout when it sends one.
+
+    The OpenAI SDKs send `x-stainless-read-timeout`: the longest they wait for any read. Past it the
+    client has given up, so working on longer only burns upstream capacity. A non-streamed answer is
+    one read, so it bounds the whole call; a stream is many reads, so it bounds each wait for a chunk.
+    """
+    limits = deployment.timeouts
+    total, first_token, idle = limits.total_s or 600.0, limits.first_token_s or 60.0, limits.idle_s or 60.0
+    try:
+        client_read_s = float(request.headers.get("x-stainless-read-timeout") or 0)
+    except ValueError:
+        client_read_s = 0.0
+    if client_read_s > 0:
+        first_token, idle = min(first_token, client_read_s), min(idle, client_read_s)
+        if not streaming:
+            total = min(total, client_read_s)
+    return CallOptions.within(total, connect_s=limits.connect_s or 5.0, first_token_s=first_token, idle_s=idle)

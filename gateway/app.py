@@ -1,0 +1,76 @@
+"""The ASGI application: endpoints, health probes and error handling, around one `Runtime`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway import api
+from gateway.config import CONFIG_ENV_VAR, LoadedConfig, load_config, resolve_config_path
+from gateway.errors import APIError, internal_error
+from gateway.http_io import error_response, json_response, request_id
+from gateway.runtime import Runtime
+
+log = logging.getLogger("llm_gateway")
+
+
+def create_app(loaded: LoadedConfig) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.build(loaded, started_at=int(time.time()))
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await app.state.runtime.aclose()
+
+    app = FastAPI(
+        title="llm-gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.include_router(api.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        """The process is alive and serving; says nothing about upstreams (that is /readyz)."""
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        checks = await request.app.state.runtime.readiness()
+        ready = all(check["ok"] for check in checks.values())
+        return json_response({"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            error = APIError(404, f"Unknown route: {request.method} {request.url.path}", code="unknown_route")
+        elif exc.status_code == 405:
+            error = APIError(
+                405, f"Method {request.method} is not allowed on {request.url.path}.", code="method_not_allowed"
+            )
+        else:
+            error = APIError(exc.status_code, str(exc.detail))
+        return error_response(error, {"x-request-id": request_id(request)})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(internal_error(), {"x-request-id": request_id(request)})
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn factory for multi-worker serving: each worker loads the config the CLI already checked."""
+    return create_app(load_config(resolve_config_path(os.environ.get(CONFIG_ENV_VAR))))

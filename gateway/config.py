@@ -1,0 +1,188 @@
+"""The gateway's configuration: YAML → validated pydantic models, with errors a person can act on.
+
+Every problem is reported as `key.path[i].name: what is wrong at file:line`, all of them at once, so an
+operator fixes a file in one pass. Unknown keys are errors (a typo must not silently fall back to a
+default), and names that refer to other sections (a deployment's `provider`) are checked too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from gateway.locations import PathPart, data_path, format_path
+from gateway.yaml_source import YamlDocument, YamlSyntaxError, load_yaml
+from providers.registry import ADAPTERS, ProviderConfig
+from routing.config import DEFAULT_TIMEOUTS, ModelAliasConfig, Timeouts
+
+DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
+BUNDLED_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "gateway.yaml"
+CONFIG_ENV_VAR = "LLM_GATEWAY_CONFIG"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HTTPClientSettings(_Strict):
+    max_connections: int = Field(default=1000, ge=1, description="Upstream connections per process.")
+    max_keepalive_connections: int = Field(default=200, ge=0)
+    keepalive_expiry_s: float = Field(default=30.0, gt=0)
+
+
+class ServerSettings(_Strict):
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    http_client: HTTPClientSettings = HTTPClientSettings()
+
+
+class StateSettings(_Strict):
+    redis_url: SecretStr | None = Field(
+        default=None, description="Shared state for many replicas; /readyz checks it answers."
+    )
+
+
+class GatewayConfig(_Strict):
+    server: ServerSettings = ServerSettings()
+    state: StateSettings = StateSettings()
+    providers: dict[str, ProviderConfig] = Field(min_length=1)
+    models: dict[str, ModelAliasConfig] = Field(min_length=1)
+
+    def model_post_init(self, _context: Any) -> None:
+        self.server.timeouts = self.server.timeouts.over(DEFAULT_TIMEOUTS)
+
+
+@dataclass
+class ConfigIssue:
+    path: str
+    message: str
+    location: str  # "file:line"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message} at {self.location}"
+
+
+class ConfigError(ValueError):
+    """The file cannot be used; `issues` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(str(issue) for issue in issues))
+        self.issues = issues
+
+
+@dataclass
+class LoadedConfig:
+    config: GatewayConfig
+    source: str
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        config = self.config
+        deployments = sum(len(model.deployments) for model in config.models.values())
+        providers = ", ".join(f"{name} ({provider.type})" for name, provider in config.providers.items())
+        return (
+            f"{self.source}: OK: {len(config.models)} models, {deployments} deployments, "
+            f"{len(config.providers)} providers: {providers}"
+        )
+
+
+def resolve_config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """--config, else $LLM_GATEWAY_CONFIG, else ./config/gateway.yaml, else the bundled default."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit)
+    if environ.get(CONFIG_ENV_VAR):
+        return Path(environ[CONFIG_ENV_VAR])
+    if DEFAULT_CONFIG_PATH.is_file():
+        return DEFAULT_CONFIG_PATH
+    return BUNDLED_CONFIG_PATH
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("(file)", f"cannot read config: {exc.strerror}", str(path))]) from None
+    return parse_config(text, str(path), environ)
+
+
+def parse_config(text: str, source: str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    try:
+        document = load_yaml(text, source, environ)
+    except YamlSyntaxError as exc:
+        raise ConfigError([ConfigIssue("(file)", str(exc).rsplit(" at ", 1)[0], _where(source, exc.line))]) from None
+    issues = [ConfigIssue(_path_text(i.path), i.message, _where(source, i.line)) for i in document.issues]
+    if not isinstance(document.data, dict):
+        issues.append(ConfigIssue("(top level)", "the config must be a mapping of sections", _where(source, 1)))
+        raise ConfigError(issues)
+    try:
+        config = GatewayConfig.model_validate(document.data)
+    except ValidationError as exc:
+        issues.extend(_validation_issues(exc, document))
+        raise ConfigError(issues) from None
+    issues.extend(_reference_issues(config, document))
+    if issues:
+        raise ConfigError(issues)
+    return LoadedConfig(config=config, source=source)
+
+
+def _where(source: str, line: int | None) -> str:
+    return f"{source}:{line}" if line else source
+
+
+def _validation_issues(exc: ValidationError, document: YamlDocument) -> list[ConfigIssue]:
+    issues = []
+    for error in exc.errors(include_url=False):
+        path = data_path(error["loc"], document.data, missing=error["type"] == "missing")
+        message = _describe(error)
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            path = (*path, "type")
+        issues.append(ConfigIssue(_path_text(path), message, _where(document.filename, document.line_of(path))))
+    return issues
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "union_tag_invalid":
+        context = error.get("ctx") or {}
+        known = str(context.get("expected_tags", "")).replace("'", "")
+        return f"unknown provider type {context.get('tag')!r} (known: {known})"
+    if kind == "union_tag_not_found":
+        return "a `type` is required (known: " + ", ".join(sorted(ADAPTERS)) + ")"
+    message = str(error["msg"])
+    message = message[0].lower() + message[1:]
+    if "input" in error and not isinstance(error["input"], dict | list):
+        message += f", got {error['input']!r}"
+    return message
+
+
+def _reference_issues(config: GatewayConfig, document: YamlDocument) -> list[ConfigIssue]:
+    """Cross-section checks pydantic cannot express: names that must exist elsewhere in the file."""
+    issues = []
+    known = ", ".join(config.providers) or "none"
+    for alias, model in config.models.items():
+        for index, deployment in enumerate(model.deployments):
+            path: tuple[PathPart, ...] = ("models", alias, "deployments", index, "provider")
+            where = _where(document.filename, document.line_of(path))
+            provider = config.providers.get(deployment.provider)
+            if provider is None:
+                message = f"unknown provider {deployment.provider!r} (known: {known})"
+                issues.append(ConfigIssue(_path_text(path), message, where))
+            elif model.mode == "embeddings" and not ADAPTERS[provider.type].supports_embeddings:
+                message = f"provider {deployment.provider!r} (type {provider.type}) does not serve embeddings"
+                issues.append(ConfigIssue(_path_text(path), message, where))
+    return issues
+
+
+def _path_text(path: tuple[PathPart, ...]) -> str:
+    return format_path(path) or "(top level)"

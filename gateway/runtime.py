@@ -1,0 +1,75 @@
+"""Everything a running gateway process holds, built from one loaded config.
+
+Handlers read `app.state.runtime` once per request, so swapping in a new runtime (a config reload)
+is one assignment: a request in flight finishes on the runtime it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from gateway.config import GatewayConfig, LoadedConfig
+from providers.base import ProviderAdapter
+from providers.http import create_http_client
+from providers.registry import ADAPTERS
+from providers.tokens import encoding
+from routing.router import Router
+
+
+@dataclass
+class Runtime:
+    loaded: LoadedConfig
+    http: httpx.AsyncClient
+    adapters: dict[str, ProviderAdapter]
+    router: Router
+    started_at: int
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.loaded.config
+
+    @classmethod
+    def build(cls, loaded: LoadedConfig, started_at: int) -> Runtime:
+        config = loaded.config
+        settings = config.server.http_client
+        http = create_http_client(
+            max_connections=settings.max_connections,
+            max_keepalive=settings.max_keepalive_connections,
+            keepalive_expiry_s=settings.keepalive_expiry_s,
+        )
+        adapters = {name: ADAPTERS[provider.type](name, provider, http) for name, provider in config.providers.items()}
+        router = Router(config.models, adapters, config.server.timeouts)
+        # Load the tokenizer now, not inside the first request that needs it (it takes ~1 s).
+        encoding()
+        return cls(loaded=loaded, http=http, adapters=adapters, router=router, started_at=started_at)
+
+    async def aclose(self) -> None:
+        for adapter in self.adapters.values():
+            await adapter.aclose()
+        await self.http.aclose()
+
+    async def readiness(self) -> dict[str, Any]:
+        """Checks for /readyz: the config is loaded and every backend the config names answers."""
+        checks: dict[str, Any] = {"config": {"ok": True, "source": self.loaded.source}}
+        redis_url = self.config.state.redis_url
+        if redis_url is not None:
+            checks["redis"] = await _check_redis(redis_url.get_secret_value())
+        return checks
+
+
+async def _check_redis(url: str) -> dict[str, Any]:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        async with asyncio.timeout(2.0):
+            await client.ping()
+        return {"ok": True}
+    except (TimeoutError, OSError, redis.RedisError) as exc:
+        return {"ok": False, "error": type(exc).__name__}  # never the URL: it may hold a password
+    finally:
+        await client.aclose()

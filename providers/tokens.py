@@ -1,0 +1,72 @@
+"""Token counting with tiktoken, offline.
+
+tiktoken downloads its BPE files on first use; the gateway ships the encodings it needs in
+`tiktoken_cache/` and points tiktoken there unless the operator chose a cache directory already.
+Encodings are loaded once per process (about a second) and then count at native speed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import tiktoken
+
+VENDORED_CACHE_DIR = Path(__file__).parent / "tiktoken_cache"
+DEFAULT_ENCODING = "o200k_base"
+
+# OpenAI's accounting for chat prompts: each message costs a few framing tokens, and every reply is
+# primed with three more (from OpenAI's cookbook "How to count tokens with tiktoken").
+_TOKENS_PER_MESSAGE = 3
+_TOKENS_PER_NAME = 1
+_REPLY_PRIMING_TOKENS = 3
+# A low-detail image costs a flat 85 tokens at OpenAI; without decoding the image that is the best guess.
+_TOKENS_PER_IMAGE = 85
+
+
+@functools.cache
+def encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(VENDORED_CACHE_DIR))
+    import tiktoken
+
+    return tiktoken.get_encoding(name)
+
+
+def count_text(text: str, encoding_name: str = DEFAULT_ENCODING) -> int:
+    if not text:
+        return 0
+    return len(encoding(encoding_name).encode(text, disallowed_special=()))
+
+
+def _content_tokens(content: Any, encoding_name: str) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return count_text(content, encoding_name)
+    total = 0
+    for part in content:
+        part_type = part.get("type")
+        if part_type == "text":
+            total += count_text(part.get("text", ""), encoding_name)
+        elif part_type == "refusal":
+            total += count_text(part.get("refusal", ""), encoding_name)
+        elif part_type == "image_url":
+            total += _TOKENS_PER_IMAGE
+    return total
+
+
+def count_messages(messages: list[dict[str, Any]], encoding_name: str = DEFAULT_ENCODING) -> int:
+    """Prompt tokens of a chat request's `messages`, as OpenAI bills them (close estimate)."""
+    total = _REPLY_PRIMING_TOKENS
+    for message in messages:
+        total += _TOKENS_PER_MESSAGE + _content_tokens(message.get("content"), encoding_name)
+        if message.get("name"):
+            total += _TOKENS_PER_NAME + count_text(message["name"], encoding_name)
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            total += count_text(function.get("name", ""), encoding_name)
+            total += count_text(function.get("arguments", ""), encoding_name)
+    return total

@@ -1,0 +1,1 @@
+"""Routing: which deployment serves a request, and in what order to try them."""
