@@ -125,11 +125,15 @@ def parse_config(text: str, source: str, environ: Mapping[str, str] | None = Non
         config = GatewayConfig.model_validate(document.data)
     except ValidationError as exc:
         issues.extend(_validation_issues(exc, document))
-        raise ConfigError(issues) from None
-    issues.extend(_reference_issues(config, document))
+    issues.extend(_reference_issues(document))
     if issues:
-        raise ConfigError(issues)
+        raise ConfigError(sorted(issues, key=_line_order))
     return LoadedConfig(config=config, source=source)
+
+
+def _line_order(issue: ConfigIssue) -> int:
+    line = issue.location.rsplit(":", 1)[-1]
+    return int(line) if line.isdigit() else 0
 
 
 def _where(source: str, line: int | None) -> str:
@@ -166,20 +170,31 @@ def _describe(error: Any) -> str:
     return message
 
 
-def _reference_issues(config: GatewayConfig, document: YamlDocument) -> list[ConfigIssue]:
-    """Cross-section checks pydantic cannot express: names that must exist elsewhere in the file."""
+def _reference_issues(document: YamlDocument) -> list[ConfigIssue]:
+    """Cross-section checks pydantic cannot express: names that must exist elsewhere in the file.
+
+    They run on the raw data, so they are reported together with schema errors, not after them.
+    """
+    data = document.data
+    providers = data.get("providers") if isinstance(data.get("providers"), dict) else {}
+    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    known = ", ".join(providers) or "none"
     issues = []
-    known = ", ".join(config.providers) or "none"
-    for alias, model in config.models.items():
-        for index, deployment in enumerate(model.deployments):
+    for alias, model in models.items():
+        deployments = model.get("deployments") if isinstance(model, dict) else None
+        for index, deployment in enumerate(deployments if isinstance(deployments, list) else ()):
+            name = deployment.get("provider") if isinstance(deployment, dict) else None
+            if not isinstance(name, str):
+                continue
             path: tuple[PathPart, ...] = ("models", alias, "deployments", index, "provider")
             where = _where(document.filename, document.line_of(path))
-            provider = config.providers.get(deployment.provider)
+            provider = providers.get(name)
             if provider is None:
-                message = f"unknown provider {deployment.provider!r} (known: {known})"
-                issues.append(ConfigIssue(_path_text(path), message, where))
-            elif model.mode == "embeddings" and not ADAPTERS[provider.type].supports_embeddings:
-                message = f"provider {deployment.provider!r} (type {provider.type}) does not serve embeddings"
+                issues.append(ConfigIssue(_path_text(path), f"unknown provider {name!r} (known: {known})", where))
+                continue
+            adapter = ADAPTERS.get(provider.get("type")) if isinstance(provider, dict) else None
+            if model.get("mode") == "embeddings" and adapter is not None and not adapter.supports_embeddings:
+                message = f"provider {name!r} (type {adapter.provider_type}) does not serve embeddings"
                 issues.append(ConfigIssue(_path_text(path), message, where))
     return issues
 

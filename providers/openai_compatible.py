@@ -88,11 +88,14 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         body["stream"] = True
         if self.config.stream_usage:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        else:
+            body.pop("stream_options", None)  # servers that need this switch reject the field outright
         loop = asyncio.get_running_loop()
         saw_usage = False
         saw_done = False
         finished: set[int] = set()
         text_parts: list[str] = []
+        first_chunk: dict[str, Any] | None = None
         try:
             async with asyncio.timeout_at(min(loop.time() + options.first_token_timeout_s, options.deadline)):
                 response = await self.http.send(
@@ -121,6 +124,8 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                         saw_done = True
                         break
                     chunk = _loads(data, self)
+                    if first_chunk is None:
+                        first_chunk = chunk
                     if "error" in chunk:
                         raise self._error_from_body(chunk, status=200)
                     if chunk.get("usage"):
@@ -154,16 +159,16 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                 completion_tokens=count_text("".join(text_parts)),
                 estimated=True,
             )
+            head = first_chunk or {}
             yield StreamChunk(
                 {
-                    "id": "",
+                    "id": head.get("id", ""),
                     "object": "chat.completion.chunk",
-                    "created": 0,
-                    "model": model,
+                    "created": head.get("created", 0),
+                    "model": head.get("model", model),
                     "choices": [],
                     "usage": usage.to_openai(),
-                },
-                raw=None,
+                }
             )
 
     async def embed(self, model: str, request: EmbedRequest, options: CallOptions) -> dict[str, Any]:

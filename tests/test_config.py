@@ -1,0 +1,166 @@
+"""Config loading: every error names its key path and line; `config validate` and `serve` agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+
+BROKEN = """\
+providers:
+  bedrock-us:
+    type: mock
+  together:
+    type: openai
+    base_url: https://api.together.xyz/v1
+    api_key: ${TOGETHER_KEY_FOR_TEST}
+models:
+  chat-fast:
+    deployments:
+      - provider: together
+        model: llama
+      - provider: bedrok
+        model: llama
+    strategy: ordered
+    temprature: 3
+  chat-slow:
+    deployments: []
+"""
+
+
+def issues_of(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "gateway.yaml", environ or {})
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_every_error_is_listed_with_key_path_and_line() -> None:
+    issues = issues_of(BROKEN)
+    assert len(issues) == 4
+    assert "models.chat-fast.temprature: unknown key at gateway.yaml:16" in issues
+    assert any(issue.startswith("models.chat-slow.deployments: list should have at least 1 item") for issue in issues)
+    assert any(
+        "environment variable TOGETHER_KEY_FOR_TEST is not set" in issue and issue.endswith(":7") for issue in issues
+    )
+
+
+def test_unknown_provider_reference_names_the_known_ones() -> None:
+    text = BROKEN.replace("    temprature: 3\n", "").replace(
+        "    deployments: []\n", "    deployments: [{provider: together, model: x}]\n"
+    )
+    assert issues_of(text, {"TOGETHER_KEY_FOR_TEST": "k"}) == [
+        "models.chat-fast.deployments[1].provider: unknown provider 'bedrok' (known: bedrock-us, together) "
+        "at gateway.yaml:13"
+    ]
+
+
+def test_unknown_provider_type_and_wrong_value_types() -> None:
+    issues = issues_of("""\
+providers:
+  a: {type: bedrok}
+  b:
+    type: mock
+    ttft_ms: slow
+models:
+  m: {deployments: [{provider: b, model: x}]}
+""")
+    assert "providers.a.type: unknown provider type 'bedrok' (known: mock, openai) at gateway.yaml:2" in issues
+    assert any(
+        issue.startswith("providers.b.ttft_ms: input should be a valid number") and issue.endswith(":5")
+        for issue in issues
+    )
+
+
+def test_yaml_syntax_errors_give_the_line() -> None:
+    assert issues_of("providers:\n  a: {type: mock\nmodels: {}\n")[0].endswith("gateway.yaml:3")
+
+
+def test_duplicate_keys_are_errors() -> None:
+    issues = issues_of(
+        "providers:\n  a: {type: mock}\n  a: {type: mock}\nmodels:\n  m: {deployments: [{provider: a, model: x}]}\n"
+    )
+    assert issues == ["providers.a: duplicate key 'a' at gateway.yaml:3"]
+
+
+def test_environment_interpolation() -> None:
+    text = """\
+server: {max_body_bytes: "${BODY_LIMIT:-4096}"}
+providers:
+  up: {type: openai, base_url: "${BASE}/v1", api_key: "${KEY}", headers: {x-literal: "$${NOT_A_VAR}"}}
+models:
+  m: {deployments: [{provider: up, model: x}]}
+"""
+    config = parse_config(text, "t.yaml", {"BASE": "http://127.0.0.1:9", "KEY": "sk-secret"}).config
+    provider = config.providers["up"]
+    assert config.server.max_body_bytes == 4096
+    assert provider.base_url == "http://127.0.0.1:9/v1"  # type: ignore[union-attr]
+    assert provider.api_key.get_secret_value() == "sk-secret"  # type: ignore[union-attr]
+    assert provider.headers == {"x-literal": "${NOT_A_VAR}"}  # type: ignore[union-attr]
+    assert "sk-secret" not in repr(config)  # secrets never print
+
+
+def test_timeouts_inherit_from_server_to_alias_to_deployment() -> None:
+    from routing.router import Router
+
+    loaded = parse_config(
+        """\
+server: {timeouts: {connect_s: 2, total_s: 100}}
+providers: {p: {type: mock}}
+models:
+  m:
+    timeouts: {first_token_s: 7}
+    deployments: [{provider: p, model: a, timeouts: {total_s: 30}}, {provider: p, model: b}]
+""",
+        "t.yaml",
+        {},
+    )
+    router = Router(loaded.config.models, {"p": object()}, loaded.config.server.timeouts)  # type: ignore[dict-item]
+    first, second = router.plan("m", "chat")
+    assert (first.timeouts.connect_s, first.timeouts.first_token_s, first.timeouts.idle_s, first.timeouts.total_s) == (
+        2,
+        7,
+        60,
+        30,
+    )
+    assert second.timeouts.total_s == 100
+
+
+def test_the_shipped_default_config_is_valid(repo_root: Path) -> None:
+    loaded = load_config(repo_root / "config" / "gateway.yaml", environ={})
+    assert {provider.type for provider in loaded.config.providers.values()} == {"mock"}
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=60
+    )
+
+
+def test_config_validate_command(tmp_path: Path, repo_root: Path) -> None:
+    ok = run_cli("config", "validate", str(repo_root / "config" / "gateway.yaml"), cwd=tmp_path)
+    assert ok.returncode == 0 and ": OK: 3 models" in ok.stdout and ok.stdout.count("\n") == 1
+
+    broken = tmp_path / "gateway.yaml"
+    broken.write_text(BROKEN)
+    result = run_cli("config", "validate", str(broken), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"models.chat-fast.temprature: unknown key at {broken}:16" in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"{broken}: 4 errors"
+    assert (
+        f"  models.chat-fast.deployments[1].provider: unknown provider 'bedrok' (known: bedrock-us, together) "
+        f"at {broken}:13" in lines
+    )
+
+
+def test_serve_refuses_a_broken_config_with_the_same_message(tmp_path: Path) -> None:
+    broken = tmp_path / "gateway.yaml"
+    broken.write_text(BROKEN)
+    validate = run_cli("config", "validate", str(broken), cwd=tmp_path)
+    serve = run_cli("serve", "--config", str(broken), "--port", "1", cwd=tmp_path)
+    assert serve.returncode == 1
+    assert serve.stderr == validate.stderr
