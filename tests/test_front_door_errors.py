@@ -21,8 +21,13 @@ def post(url: str, content: bytes, content_type: str | None = "application/json"
 
 
 def assert_error(
-    response: httpx.Response, openapi: OpenAPISchemas, status: int, *, param: str | None = None,
-    code: str | None = None, error_type: str = "invalid_request_error",
+    response: httpx.Response,
+    openapi: OpenAPISchemas,
+    status: int,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    error_type: str = "invalid_request_error",
 ) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
@@ -51,17 +56,33 @@ def assert_error(
         (b'{"model": "chat", "messages": [{"role": "user", "content": 5}]}', "messages[0].content", "invalid_value"),
         (b'{"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}', "messages[0]", "invalid_value"),
         (b'{"model": "chat", "messages": [{"role": "user"}]}', "messages[0].content", "missing_required_parameter"),
-        (b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
-         "temperature", "invalid_value"),
-        (b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": 3}',
-         "temperature", "invalid_value"),
+        (
+            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+            "temperature",
+            "invalid_value",
+        ),
+        (
+            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": 3}',
+            "temperature",
+            "invalid_value",
+        ),
         (b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "n": 0}', "n", "invalid_value"),
-        (b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
-         "stream", "invalid_value"),
-        (b'{"model": "chat", "messages": [{"role": "tool", "content": "x"}]}',
-         "messages[0].tool_call_id", "missing_required_parameter"),
-        (b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", '
-         b'"function": {"name": "bad name!"}}]}', "tools[0].function.name", "invalid_value"),
+        (
+            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+            "stream",
+            "invalid_value",
+        ),
+        (
+            b'{"model": "chat", "messages": [{"role": "tool", "content": "x"}]}',
+            "messages[0].tool_call_id",
+            "missing_required_parameter",
+        ),
+        (
+            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", '
+            b'"function": {"name": "bad name!"}}]}',
+            "tools[0].function.name",
+            "invalid_value",
+        ),
     ],
 )
 def test_invalid_chat_bodies_get_400_naming_the_param(
@@ -71,8 +92,10 @@ def test_invalid_chat_bodies_get_400_naming_the_param(
 
 
 def test_unknown_fields_are_accepted_for_forward_compatibility(gateway_url: str) -> None:
-    response = httpx.post(gateway_url + CHAT, json={"model": "chat", "messages": GOOD_MESSAGES,
-                                                    "some_future_field": {"x": 1}, "verbosity": "low"})
+    response = httpx.post(
+        gateway_url + CHAT,
+        json={"model": "chat", "messages": GOOD_MESSAGES, "some_future_field": {"x": 1}, "verbosity": "low"},
+    )
     assert response.status_code == 200
 
 
@@ -91,9 +114,13 @@ def test_embedding_model_on_chat_endpoint_is_rejected(gateway_url: str, openapi:
 
 @pytest.mark.parametrize(
     ("body", "param"),
-    [({"model": "embed"}, "input"), ({"model": "embed", "input": ""}, "input"),
-     ({"model": "embed", "input": []}, "input"), ({"model": "embed", "input": [1.5]}, "input"),
-     ({"model": "embed", "input": "x", "encoding_format": "hex"}, "encoding_format")],
+    [
+        ({"model": "embed"}, "input"),
+        ({"model": "embed", "input": ""}, "input"),
+        ({"model": "embed", "input": []}, "input"),
+        ({"model": "embed", "input": [1.5]}, "input"),
+        ({"model": "embed", "input": "x", "encoding_format": "hex"}, "encoding_format"),
+    ],
 )
 def test_invalid_embedding_bodies(gateway_url: str, openapi: OpenAPISchemas, body: dict[str, Any], param: str) -> None:
     assert_error(httpx.post(gateway_url + "/v1/embeddings", json=body), openapi, 400, param=param)
@@ -153,8 +180,9 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
 
 
 def test_request_id_is_echoed_or_generated(gateway_url: str) -> None:
-    given = httpx.post(gateway_url + CHAT, json={"model": "chat", "messages": GOOD_MESSAGES},
-                       headers={"x-request-id": "trace-abc-123"})
+    given = httpx.post(
+        gateway_url + CHAT, json={"model": "chat", "messages": GOOD_MESSAGES}, headers={"x-request-id": "trace-abc-123"}
+    )
     assert given.headers["x-request-id"] == "trace-abc-123"
     fresh = [httpx.post(gateway_url + CHAT, json={"model": "x", "messages": GOOD_MESSAGES}) for _ in range(2)]
     ids = {response.headers["x-request-id"] for response in fresh}

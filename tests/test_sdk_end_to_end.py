@@ -142,16 +142,22 @@ def test_tool_call_round_trip(client: openai.OpenAI, openapi: OpenAPISchemas) ->
     arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
     assert set(arguments) == {"city", "unit"} and arguments["unit"] in ("c", "f")
 
-    messages += [first.message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"}]
+    messages += [
+        first.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"},
+    ]
     answer = client.chat.completions.create(model="chat", messages=messages, tools=[WEATHER_TOOL])
     assert answer.choices[0].finish_reason == "stop"
     assert "18 degrees and sunny" in (answer.choices[0].message.content or "")
 
 
 def test_streamed_tool_call_deltas_join_to_the_arguments(client: openai.OpenAI) -> None:
-    request = {"model": "chat", "messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER_TOOL],
-               "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+    request = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    }
     whole = client.chat.completions.create(**request).choices[0].message.tool_calls[0]  # type: ignore[index]
     arguments, names, finish = "", [], None
     for chunk in client.chat.completions.create(**request, stream=True):
@@ -179,8 +185,11 @@ def test_json_modes(client: openai.OpenAI) -> None:
 
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
-                       "tags": {"type": "array", "items": {"type": "string"}}},
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
         "required": ["name", "age", "tags"],
         "additionalProperties": False,
     }
@@ -249,7 +258,9 @@ models:
 """)
     with openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as sdk:
         assert sdk.models.retrieve("meta-llama/Llama-3.3-70B").id == "meta-llama/Llama-3.3-70B"
-        reply = sdk.chat.completions.create(model="meta-llama/Llama-3.3-70B", messages=[{"role": "user", "content": "x"}])
+        reply = sdk.chat.completions.create(
+            model="meta-llama/Llama-3.3-70B", messages=[{"role": "user", "content": "x"}]
+        )
         assert reply.choices[0].message.content
 
 
@@ -258,7 +269,9 @@ async def test_async_client_chat_stream_and_embeddings(gateway_url: str) -> None
         reply = await sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Hi"}])
         assert reply.choices[0].message.content
         stream = await sdk.chat.completions.create(
-            model="chat", messages=[{"role": "user", "content": "Hi"}], stream=True,
+            model="chat",
+            messages=[{"role": "user", "content": "Hi"}],
+            stream=True,
             stream_options={"include_usage": True},
         )
         text, usage = "", None
