@@ -67,8 +67,6 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     async def chat(self, model: str, request: ChatRequest, options: CallOptions) -> dict[str, Any]:
         body = dict(request.body)
         body["model"] = model
-        body.pop("stream", None)
-        body.pop("stream_options", None)
         completion = await self._post_json("/chat/completions", body, options)
         choices = completion.get("choices")
         if not isinstance(choices, list) or not choices:

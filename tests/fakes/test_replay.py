@@ -11,13 +11,13 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.fakes.replay import Interaction, ReplayServer, load_cassette
+from tests.fakes.replay import ReplayServer, load_cassette
+from tests.support.outcomes import recorded_outcome, sdk_outcome
 from tests.support.server import ServerThread
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings" / "openai"
@@ -34,78 +34,6 @@ def _serve(replay: ReplayServer) -> Iterator[tuple[ServerThread, openai.OpenAI]]
     assert not any(t.name == f"uvicorn:{server.port}" for t in threading.enumerate()), "server thread leaked"
 
 
-# --- what the recording says, read without the SDK -----------------------------------------------
-
-
-def _expected(interaction: Interaction) -> dict[str, Any]:
-    """Content, tool calls, finish reason and usage of the first choice, straight from the recorded bytes."""
-    if interaction.content_type.startswith("text/event-stream"):
-        chunks = [
-            json.loads(line.removeprefix("data: "))
-            for line in interaction.body.decode("utf-8").splitlines()
-            if line.startswith("data: ") and line != "data: [DONE]"
-        ]
-        content, finish, usage = "", None, None
-        names: dict[int, str] = {}
-        arguments: dict[int, str] = {}
-        for chunk in chunks:
-            usage = chunk.get("usage") or usage
-            for choice in chunk["choices"]:
-                delta = choice["delta"]
-                content += delta.get("content") or ""
-                finish = choice.get("finish_reason") or finish
-                for call in delta.get("tool_calls") or []:
-                    function = call.get("function") or {}
-                    if function.get("name"):
-                        names[call["index"]] = function["name"]
-                    arguments[call["index"]] = arguments.get(call["index"], "") + (function.get("arguments") or "")
-        calls = [(names[i], json.loads(arguments[i])) for i in sorted(names)]
-        return {"content": content or None, "tool_calls": calls, "finish_reason": finish, "usage": usage}
-    body = json.loads(interaction.body)
-    choice = body["choices"][0]
-    message = choice["message"]
-    calls = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message.get("tool_calls") or []]
-    return {
-        "content": message["content"],
-        "tool_calls": calls,
-        "finish_reason": choice["finish_reason"],
-        "usage": body["usage"],
-    }
-
-
-# --- what the SDK makes of the replay ----------------------------------------------------------
-
-
-def _actual(sdk: openai.OpenAI, request: dict[str, Any]) -> dict[str, Any]:
-    result: Any = sdk.chat.completions.create(**request)
-    if not request.get("stream"):
-        message = result.choices[0].message
-        calls = [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
-        for call in message.tool_calls or []:
-            assert call.id.startswith("call_")
-        return {
-            "content": message.content,
-            "tool_calls": calls,
-            "finish_reason": result.choices[0].finish_reason,
-            "usage": result.usage.model_dump(exclude_none=True),
-        }
-    content, finish, usage = "", None, None
-    names: dict[int, str] = {}
-    arguments: dict[int, str] = {}
-    for chunk in result:
-        usage = chunk.usage.model_dump(exclude_none=True) if chunk.usage else usage
-        for choice in chunk.choices:
-            content += choice.delta.content or ""
-            finish = choice.finish_reason or finish
-            for call in choice.delta.tool_calls or []:
-                if call.function and call.function.name:
-                    names[call.index] = call.function.name
-                if call.function and call.function.arguments:
-                    arguments[call.index] = arguments.get(call.index, "") + call.function.arguments
-    calls = [(names[i], json.loads(arguments[i])) for i in sorted(names)]
-    return {"content": content or None, "tool_calls": calls, "finish_reason": finish, "usage": usage}
-
-
 @pytest.mark.parametrize("cassette", CASSETTES, ids=[p.stem for p in CASSETTES])
 def test_sdk_reads_recorded_exchange(cassette: Path) -> None:
     interactions = load_cassette(cassette)
@@ -115,12 +43,12 @@ def test_sdk_reads_recorded_exchange(cassette: Path) -> None:
             if interaction.status >= 400:
                 recorded = json.loads(interaction.body)["error"]
                 with pytest.raises(openai.BadRequestError) as caught:
-                    _actual(sdk, interaction.request_json)
+                    sdk_outcome(sdk, interaction.request_json)
                 assert caught.value.status_code == interaction.status
                 assert (caught.value.code, caught.value.param) == (recorded["code"], recorded["param"])
                 assert recorded["message"] in caught.value.message
             else:
-                assert _actual(sdk, interaction.request_json) == _expected(interaction)
+                assert sdk_outcome(sdk, interaction.request_json) == recorded_outcome(interaction)
     replay.assert_all_used()
     assert replay.received == [i.request_json for i in interactions], "SDK sent the recorded bodies unchanged"
 
