@@ -164,3 +164,12 @@ def test_serve_refuses_a_broken_config_with_the_same_message(tmp_path: Path) -> 
     serve = run_cli("serve", "--config", str(broken), "--port", "1", cwd=tmp_path)
     assert serve.returncode == 1
     assert serve.stderr == validate.stderr
+
+
+def test_the_readme_config_reference_is_a_valid_config(repo_root: Path) -> None:
+    readme = (repo_root / "README.md").read_text()
+    start = readme.index("```yaml\nserver:") + len("```yaml\n")
+    block = readme[start : readme.index("```", start)]
+    environ = {"REDIS_URL": "redis://127.0.0.1:6379/0", "OPENAI_API_KEY": "sk-x"}
+    loaded = parse_config(block, "README.md", environ)
+    assert loaded.config.models["gpt-4o-mini"].deployments[0].price.output_per_mtok == 0.60  # type: ignore[union-attr]
