@@ -33,8 +33,9 @@ class CallOptions:
     """Time limits for one upstream call, already resolved from config and the client's own timeout.
 
     `deadline` is absolute, on the event loop's clock: the whole call (connect, wait, and for streams the
-    last chunk) must end by then. `first_token_timeout_s` bounds the wait for response headers and, when
-    streaming, for the first chunk; `idle_timeout_s` bounds any later gap between chunks.
+    last chunk) must end by then. When streaming, `first_token_timeout_s` bounds the wait for the response
+    and its first chunk, and `idle_timeout_s` any later gap between chunks. A non-streamed answer arrives
+    whole at the end, so only the deadline bounds it.
     """
 
     deadline: float

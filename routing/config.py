@@ -16,7 +16,11 @@ class Timeouts(_Strict):
     (deployment → model alias → `server.timeouts`)."""
 
     connect_s: float | None = Field(default=None, gt=0)
-    first_token_s: float | None = Field(default=None, gt=0, description="Until the answer (or first chunk) starts.")
+    first_token_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Streams: until the first chunk. A non-streamed answer arrives whole, so only total_s bounds it.",
+    )
     idle_s: float | None = Field(default=None, gt=0, description="Longest gap between two streamed chunks.")
     total_s: float | None = Field(default=None, gt=0, description="Whole call, last chunk included.")
 

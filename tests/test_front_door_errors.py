@@ -211,3 +211,43 @@ models: {chat: {deployments: [{provider: mock, model: m}]}}
     assert not_ready.status_code == 503
     assert not_ready.json()["checks"]["redis"]["ok"] is False
     assert "s3cret" not in not_ready.text
+
+
+def test_a_gateway_bug_is_a_500_envelope_without_internals(
+    gateway_url: str, openapi: OpenAPISchemas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from providers.mock import MockAdapter
+
+    async def explode(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(MockAdapter, "chat", explode)
+    response = httpx.post(gateway_url + CHAT, json={"model": "chat", "messages": GOOD_MESSAGES})
+    error = assert_error(response, openapi, 500, code="internal_error", error_type="server_error")
+    assert "secret internal detail" not in response.text and "RuntimeError" not in response.text
+    assert error["message"] == "The gateway failed to process the request."
+
+
+def test_a_gateway_bug_mid_stream_ends_the_stream_with_an_error_event(
+    gateway_url: str, openapi: OpenAPISchemas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from providers.mock import MockAdapter
+
+    original = MockAdapter.stream
+
+    async def break_after_first(self: MockAdapter, *args: Any, **kwargs: Any) -> Any:
+        async for chunk in original(self, *args, **kwargs):
+            yield chunk
+            raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(MockAdapter, "stream", break_after_first)
+    with httpx.stream(
+        "POST", gateway_url + CHAT, json={"model": "chat", "messages": GOOD_MESSAGES, "stream": True}
+    ) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert len(lines) == 2 and "[DONE]" not in lines[-1]
+    import json
+
+    last = json.loads(lines[-1][6:])
+    openapi.validate("ErrorResponse", last)
+    assert last["error"]["code"] == "internal_error" and "secret" not in lines[-1]
