@@ -30,8 +30,9 @@ class _Strict(BaseModel):
 
 
 class HTTPClientSettings(_Strict):
-    max_connections: int = Field(default=1000, ge=1, description="Upstream connections per process.")
-    max_keepalive_connections: int = Field(default=200, ge=0)
+    max_connections: int = Field(
+        default=1000, ge=1, description="Upstream connections per process, idle keep-alive ones included."
+    )
     keepalive_expiry_s: float = Field(default=30.0, gt=0)
 
 

@@ -38,7 +38,6 @@ class Runtime:
         settings = config.server.http_client
         http = create_http_client(
             max_connections=settings.max_connections,
-            max_keepalive=settings.max_keepalive_connections,
             keepalive_expiry_s=settings.keepalive_expiry_s,
         )
         adapters = {name: ADAPTERS[provider.type](name, provider, http) for name, provider in config.providers.items()}

@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr
 
 from providers.base import CallOptions, ProviderAdapter, ProviderConfigBase
 from providers.errors import ErrorKind, ProviderError
-from providers.http import parse_retry_after, request_timeout
+from providers.http import parse_retry_after, request_timeout, transport_error
 from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage
 from providers.tokens import count_messages, count_text
 
@@ -200,13 +200,8 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         return result
 
     def _error_from_transport(self, exc: httpx.HTTPError) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
-            return self.error(ErrorKind.TIMEOUT, f"upstream timed out ({type(exc).__name__})")
-        if isinstance(exc, httpx.ConnectError):
-            return self.error(ErrorKind.UNAVAILABLE, "could not connect to upstream")
-        if isinstance(exc, httpx.RemoteProtocolError):
-            return self.error(ErrorKind.INTERNAL, "upstream closed the connection mid-answer")
-        return self.error(ErrorKind.UNAVAILABLE, f"upstream transport error ({type(exc).__name__})")
+        kind, message = transport_error(exc)
+        return self.error(kind, message)
 
     def _error_from_response(self, response: httpx.Response) -> ProviderError:
         try:
