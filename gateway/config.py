@@ -34,6 +34,9 @@ class HTTPClientSettings(_Strict):
         default=1000, ge=1, description="Upstream connections per process, idle keep-alive ones included."
     )
     keepalive_expiry_s: float = Field(default=30.0, gt=0)
+    proxy: str | None = Field(
+        default=None, description="Outbound HTTP proxy for every upstream call; HTTPS_PROXY is not read."
+    )
 
 
 class ServerSettings(_Strict):

@@ -307,3 +307,16 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_request(rig: Rig) -> 
     assert not rig.fake.stream_finished.is_set()
     # and the gateway keeps serving
     assert rig.client.chat.completions.create(model="gpt", messages=MESSAGES).choices  # type: ignore[arg-type]
+
+
+def test_upstream_calls_go_through_the_configured_proxy() -> None:
+    """The fake plays the proxy: the upstream host does not resolve, so only a proxied call can succeed."""
+    fake = FakeOpenAI()
+    with ServerThread(fake.app) as proxy:
+        config = gateway_config("http://upstream.invalid:9").replace(
+            "providers:", f"server: {{http_client: {{proxy: '{proxy.url}'}}}}\nproviders:", 1
+        )
+        with serve_gateway(config) as url:
+            response = httpx.post(url + "/v1/chat/completions", json={"model": "gpt", "messages": MESSAGES})
+    assert response.status_code == 200, response.text
+    assert fake.requests[-1].headers["host"] == "upstream.invalid:9"
