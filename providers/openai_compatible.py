@@ -20,6 +20,7 @@ from providers.base import CallOptions, ProviderAdapter, ProviderConfigBase
 from providers.errors import ErrorKind, ProviderError
 from providers.http import parse_retry_after, request_timeout, transport_error
 from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage
+from providers.streaming import within_limits
 from providers.tokens import count_messages, count_text
 
 
@@ -110,14 +111,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                 if response.status_code != 200:
                     await response.aread()
                     raise self._error_from_response(response)
-                events = _sse_data(response).__aiter__()
-                wait = options.first_token_timeout_s
-                while True:
-                    async with asyncio.timeout_at(min(loop.time() + wait, options.deadline)):
-                        data = await anext(events, None)
-                    if data is None:
-                        break
-                    wait = options.idle_timeout_s
+                async for data in within_limits(_sse_data(response), options):
                     if data == b"[DONE]":
                         saw_done = True
                         break
@@ -142,9 +136,8 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                     yield StreamChunk(chunk, raw=data)
             finally:
                 await response.aclose()
-        except TimeoutError:
-            stage = "first token" if not text_parts and not finished else "next chunk"
-            raise self.error(ErrorKind.TIMEOUT, f"upstream sent no {stage} in time") from None
+        except TimeoutError as exc:
+            raise self.error(ErrorKind.TIMEOUT, f"upstream sent {exc}" if str(exc) else "upstream timed out") from None
         except httpx.HTTPError as exc:
             raise self._error_from_transport(exc) from None
         if not saw_done and not finished:
