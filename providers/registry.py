@@ -11,12 +11,13 @@ from typing import Annotated
 from pydantic import Field
 
 from providers.base import ProviderAdapter
+from providers.bedrock import BedrockAdapter, BedrockConfig
 from providers.mock import MockAdapter, MockProviderConfig
 from providers.openai_compatible import OpenAICompatibleAdapter, OpenAICompatibleConfig
 
 ADAPTERS: dict[str, type[ProviderAdapter]] = {
-    adapter.provider_type: adapter for adapter in (MockAdapter, OpenAICompatibleAdapter)
+    adapter.provider_type: adapter for adapter in (MockAdapter, OpenAICompatibleAdapter, BedrockAdapter)
 }
 
 #: The `providers.<name>` entry of the config: one model per type, chosen by its `type` field.
-ProviderConfig = Annotated[MockProviderConfig | OpenAICompatibleConfig, Field(discriminator="type")]
+ProviderConfig = Annotated[MockProviderConfig | OpenAICompatibleConfig | BedrockConfig, Field(discriminator="type")]

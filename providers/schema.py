@@ -295,7 +295,8 @@ class StreamChunk:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens read from the provider's prompt cache (part of prompt_tokens)
+    cache_write_tokens: int = 0  # prompt tokens written to it (part of prompt_tokens)
     reasoning_tokens: int = 0
     estimated: bool = False  # counted by us (tiktoken), not reported by the provider
     extra: dict[str, Any] = field(default_factory=dict)
@@ -305,11 +306,14 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
     def to_openai(self) -> dict[str, Any]:
+        prompt_details: dict[str, int] = {"cached_tokens": self.cached_tokens}
+        if self.cache_write_tokens:
+            prompt_details["cache_write_tokens"] = self.cache_write_tokens
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "prompt_tokens_details": prompt_details,
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
 

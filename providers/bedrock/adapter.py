@@ -1,0 +1,217 @@
+"""The `bedrock` adapter: Converse and ConverseStream for chat, InvokeModel for embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+from botocore.eventstream import ParserError
+
+from providers.base import CallOptions, ProviderAdapter
+from providers.bedrock.auth import AWSSigner
+from providers.bedrock.config import BedrockConfig
+from providers.bedrock.errors import error_kind, error_type_name
+from providers.bedrock.mapping import ConversePlan, from_converse, invalid, to_converse
+from providers.bedrock.stream import ChunkBuilder, frames, incomplete_stream_error
+from providers.errors import ErrorKind, ProviderError
+from providers.http import request_timeout, transport_error
+from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage, encode_embedding, new_completion_id, now_s
+from providers.streaming import within_limits
+from providers.tokens import count_messages, count_text
+
+_COHERE_BATCH = 96  # texts per Cohere embed call on Bedrock
+_TITAN_CONCURRENCY = 16  # Titan embeds one text per call: bound the fan-out of a large batch
+
+
+class BedrockAdapter(ProviderAdapter):
+    provider_type = "bedrock"
+    config_model = BedrockConfig
+    supports_embeddings = True
+    config: BedrockConfig
+
+    def __init__(self, name: str, config: BedrockConfig, http: httpx.AsyncClient) -> None:
+        super().__init__(name, config, http)
+        self._signer = AWSSigner(config)
+        endpoint = config.endpoint_url or f"https://bedrock-runtime.{config.region}.amazonaws.com"
+        self._endpoint = endpoint.rstrip("/")
+
+    # --- chat --------------------------------------------------------------------------------------
+
+    async def chat(self, model: str, request: ChatRequest, options: CallOptions) -> dict[str, Any]:
+        plan = self._plan(request)
+        try:
+            async with asyncio.timeout_at(options.deadline):
+                response = await self._post(model, "converse", plan.body, options, streaming=False)
+            answer = self._json(response.content)
+            return from_converse(answer, model=model, plan=plan, completion_id=new_completion_id(), created=now_s())
+        except TimeoutError:
+            raise self.error(ErrorKind.TIMEOUT, "Bedrock did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise self.error(*transport_error(exc)) from None
+        except ProviderError as exc:
+            raise self._own(exc) from None
+
+    async def stream(self, model: str, request: ChatRequest, options: CallOptions) -> AsyncIterator[StreamChunk]:
+        plan = self._plan(request)
+        builder = ChunkBuilder(completion_id=new_completion_id(), created=now_s(), model=model, plan=plan)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(min(loop.time() + options.first_token_timeout_s, options.deadline)):
+                response = await self._post(model, "converse-stream", plan.body, options, streaming=True)
+            try:
+                async for message in within_limits(frames(response.aiter_bytes()), options):
+                    chunk = builder.on_message(message)
+                    if chunk is not None:
+                        yield chunk
+            finally:
+                await response.aclose()
+            if builder.stop_reason is None:
+                raise incomplete_stream_error()
+        except TimeoutError as exc:
+            raise self.error(ErrorKind.TIMEOUT, f"Bedrock sent {exc}" if str(exc) else "Bedrock timed out") from None
+        except httpx.HTTPError as exc:
+            raise self.error(*transport_error(exc)) from None
+        except ParserError as exc:
+            raise self.error(
+                ErrorKind.INTERNAL, f"Bedrock sent a corrupt event stream ({type(exc).__name__})"
+            ) from None
+        except ProviderError as exc:
+            raise self._own(exc) from None
+        if builder.usage is None:  # the metadata event never came: count, rather than record zero
+            usage = Usage(
+                prompt_tokens=count_messages(request.body["messages"]),
+                completion_tokens=count_text("".join(builder.text_parts)),
+                estimated=True,
+            )
+            yield builder.usage_chunk(usage)
+
+    def _plan(self, request: ChatRequest) -> ConversePlan:
+        try:
+            return to_converse(request.params, self.config.json_mode)
+        except ProviderError as exc:
+            raise self._own(exc) from None
+
+    # --- embeddings ----------------------------------------------------------------------------------
+
+    async def embed(self, model: str, request: EmbedRequest, options: CallOptions) -> dict[str, Any]:
+        params = request.params
+        texts = params.inputs()
+        if not all(isinstance(text, str) for text in texts):
+            raise self._own(invalid("Bedrock embedding models take text, not token arrays.", "input"))
+        try:
+            async with asyncio.timeout_at(options.deadline):
+                if "cohere.embed" in model:
+                    vectors, tokens = await self._embed_cohere(model, texts, params.dimensions, options)  # type: ignore[arg-type]
+                elif "titan-embed" in model:
+                    vectors, tokens = await self._embed_titan(model, texts, params.dimensions, options)  # type: ignore[arg-type]
+                else:
+                    raise invalid(f"Unknown Bedrock embedding model family: {model} (Titan and Cohere are supported)")
+        except TimeoutError:
+            raise self.error(ErrorKind.TIMEOUT, "Bedrock did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise self.error(*transport_error(exc)) from None
+        except ProviderError as exc:
+            raise self._own(exc) from None
+        data = [
+            {"object": "embedding", "index": index, "embedding": encode_embedding(vector, params.encoding_format)}
+            for index, vector in enumerate(vectors)
+        ]
+        return {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    async def _embed_titan(
+        self, model: str, texts: list[str], dimensions: int | None, options: CallOptions
+    ) -> tuple[list[list[float]], int]:
+        gate = asyncio.Semaphore(_TITAN_CONCURRENCY)
+
+        async def one(text: str) -> tuple[list[float], int]:
+            body: dict[str, Any] = {"inputText": text}
+            if "text-v2" in model:
+                body["normalize"] = True
+            if dimensions is not None:
+                body["dimensions"] = dimensions
+            async with gate:
+                answer = self._json((await self._post(model, "invoke", body, options, streaming=False)).content)
+            return answer["embedding"], int(answer.get("inputTextTokenCount") or count_text(text))
+
+        results = await asyncio.gather(*(one(text) for text in texts))
+        return [vector for vector, _ in results], sum(tokens for _, tokens in results)
+
+    async def _embed_cohere(
+        self, model: str, texts: list[str], dimensions: int | None, options: CallOptions
+    ) -> tuple[list[list[float]], int]:
+        if dimensions is not None:
+            raise invalid("Cohere embedding models on Bedrock have a fixed size: omit 'dimensions'.", "dimensions")
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), _COHERE_BATCH):
+            batch = texts[start : start + _COHERE_BATCH]
+            body = {"texts": batch, "input_type": "search_document"}
+            answer = self._json((await self._post(model, "invoke", body, options, streaming=False)).content)
+            embeddings = answer.get("embeddings")
+            if isinstance(embeddings, dict):  # when embedding_types is given, vectors are keyed by type
+                embeddings = embeddings.get("float")
+            vectors.extend(embeddings or [])
+        return vectors, sum(count_text(text) for text in texts)  # Cohere reports no token counts
+
+    # --- plumbing ------------------------------------------------------------------------------------
+
+    async def _post(
+        self, model: str, action: str, body: dict[str, Any], options: CallOptions, *, streaming: bool
+    ) -> httpx.Response:
+        url = f"{self._endpoint}/model/{quote(model, safe='')}/{action}"  # the id is one encoded path segment
+        content = orjson.dumps(body)
+        try:
+            headers = await self._signer.signed_headers(url, content)
+        except LookupError as exc:
+            raise self.error(ErrorKind.AUTH, f"provider '{self.name}': {exc}") from None
+        request = self.http.build_request(
+            "POST", url, content=content, headers=headers, timeout=request_timeout(options, streaming=streaming)
+        )
+        response = await self.http.send(request, stream=streaming)
+        if response.status_code != 200:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            raise self._error_from_response(response, model)
+        return response
+
+    def _error_from_response(self, response: httpx.Response, model: str) -> ProviderError:
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        message = str(body.get("message") or body.get("Message") or response.text[:300] or response.reason_phrase)
+        error_type = error_type_name(
+            response.headers.get("x-amzn-errortype") or body.get("__type") or body.get("code") or body.get("Code")
+        )
+        kind = error_kind(response.status_code, error_type, message)
+        if kind is ErrorKind.AUTH:
+            message = f"AWS refused the credentials of provider '{self.name}' for model '{model}': {message}"
+        detail = f"{error_type}: {message}" if error_type and kind is not ErrorKind.AUTH else message
+        return self.error(kind, detail, status=response.status_code, code=error_type or None)
+
+    def _json(self, content: bytes) -> dict[str, Any]:
+        try:
+            answer = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise self.error(ErrorKind.INTERNAL, "Bedrock sent malformed JSON", status=200) from None
+        if not isinstance(answer, dict):
+            raise self.error(ErrorKind.INTERNAL, "Bedrock's answer is not a JSON object", status=200)
+        return answer
+
+    def _own(self, error: ProviderError) -> ProviderError:
+        """Errors raised by the mapping code know nothing of this connection: name it, and scrub."""
+        error.provider = error.provider or self.name
+        error.message = self.scrub(error.message)
+        return error
