@@ -7,8 +7,8 @@ and validated once with strict pydantic models, and every failure is answered in
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -17,7 +17,17 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from gateway.errors import APIError, from_provider_error, internal_error
-from gateway.http_io import SSEResponse, error_response, json_response, read_json_object, request_id, sse_error_event
+from gateway.http_io import (
+    ClientGone,
+    SSEResponse,
+    error_response,
+    json_response,
+    log_unexpected,
+    read_json_object,
+    request_id,
+    sse_error_event,
+    unless_client_leaves,
+)
 from gateway.locations import data_path, format_path
 from gateway.runtime import Runtime
 from providers.base import CallOptions
@@ -25,14 +35,38 @@ from providers.errors import ProviderError
 from providers.schema import ChatCompletionRequest, ChatRequest, EmbeddingRequest, EmbedRequest, StreamChunk
 from routing.router import Deployment, UnknownModel, WrongModelMode
 
-log = logging.getLogger("llm_gateway.api")
 router = APIRouter()
 
 Params = TypeVar("Params", bound=BaseModel)
 
+Handler = Callable[..., Awaitable[Response]]
+
+
+def guarded(handler: Handler) -> Handler:
+    """Answer a gateway bug with OpenAI's 500 envelope, logged without request content.
+
+    Catching it here, rather than in an app-wide handler, keeps the server from logging the exception
+    again with its message (which may quote a prompt).
+    """
+
+    @functools.wraps(handler)
+    async def run(request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return await handler(request, *args, **kwargs)
+        except Exception as exc:
+            log_unexpected(request, exc)
+            return error_response(internal_error(), {"x-request-id": request_id(request)})
+
+    return run
+
+
+#: Nobody is left to read an answer; 499 (nginx's "client closed request") marks it in access logs.
+CLIENT_GONE = Response(status_code=499)
+
 
 @router.post("/v1/chat/completions")
 @router.post("/chat/completions", include_in_schema=False)
+@guarded
 async def chat_completions(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     rid = request_id(request)
@@ -48,16 +82,19 @@ async def chat_completions(request: Request) -> Response:
     call = ChatRequest(body=body, params=params)
     options = _call_options(request, deployment, streaming=bool(params.stream))
     if params.stream:
-        return await _start_stream(deployment, call, options, headers)
+        return await _start_stream(request, deployment, call, options, headers)
     try:
-        completion = await deployment.adapter.chat(deployment.model, call, options)
+        completion = await unless_client_leaves(request, deployment.adapter.chat(deployment.model, call, options))
     except ProviderError as error:
         return error_response(from_provider_error(error), headers)
+    except ClientGone:
+        return CLIENT_GONE
     return json_response(completion, headers=headers)
 
 
 @router.post("/v1/embeddings")
 @router.post("/embeddings", include_in_schema=False)
+@guarded
 async def embeddings(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     headers = {"x-request-id": request_id(request)}
@@ -71,19 +108,21 @@ async def embeddings(request: Request) -> Response:
         return error_response(error, headers)
     headers["x-gateway-provider"] = deployment.provider
     headers["x-gateway-model"] = deployment.model
+    options = _call_options(request, deployment, streaming=False)
     try:
-        result = await deployment.adapter.embed(
-            deployment.model,
-            EmbedRequest(body=body, params=params),
-            _call_options(request, deployment, streaming=False),
+        result = await unless_client_leaves(
+            request, deployment.adapter.embed(deployment.model, EmbedRequest(body=body, params=params), options)
         )
     except ProviderError as error:
         return error_response(from_provider_error(error), headers)
+    except ClientGone:
+        return CLIENT_GONE
     return json_response(result, headers=headers)
 
 
 @router.get("/v1/models")
 @router.get("/models", include_in_schema=False)
+@guarded
 async def list_models(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     data = [_model_object(runtime, name) for name in runtime.config.models]
@@ -92,6 +131,7 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/v1/models/{model_id:path}")
 @router.get("/models/{model_id:path}", include_in_schema=False)
+@guarded
 async def retrieve_model(request: Request, model_id: str) -> Response:
     runtime: Runtime = request.app.state.runtime
     headers = {"x-request-id": request_id(request)}
@@ -104,7 +144,7 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
 
 
 async def _start_stream(
-    deployment: Deployment, call: ChatRequest, options: CallOptions, headers: dict[str, str]
+    request: Request, deployment: Deployment, call: ChatRequest, options: CallOptions, headers: dict[str, str]
 ) -> Response:
     """Wait for the first chunk before answering 200.
 
@@ -113,10 +153,13 @@ async def _start_stream(
     """
     chunks = deployment.adapter.stream(deployment.model, call, options)
     try:
-        first = await anext(chunks)
+        first = await unless_client_leaves(request, anext(chunks))
     except ProviderError as error:
-        await chunks.aclose()
+        await chunks.aclose()  # type: ignore[attr-defined]
         return error_response(from_provider_error(error), headers)
+    except ClientGone:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        return CLIENT_GONE
     except StopAsyncIteration:
         return error_response(
             APIError(
@@ -124,11 +167,11 @@ async def _start_stream(
             ),
             headers,
         )
-    return SSEResponse(_sse_events(first, chunks, call.params.wants_usage_chunk), headers)
+    return SSEResponse(_sse_events(request, first, chunks, call.params.wants_usage_chunk), headers)
 
 
 async def _sse_events(
-    first: StreamChunk, chunks: AsyncIterator[StreamChunk], wants_usage: bool
+    request: Request, first: StreamChunk, chunks: AsyncIterator[StreamChunk], wants_usage: bool
 ) -> AsyncIterator[bytes]:
     chunk = first
     try:
@@ -143,8 +186,8 @@ async def _sse_events(
     except ProviderError as error:
         # Headers are gone: tell the SDK in-band, which raises it as an APIError (no silent cut).
         yield sse_error_event(from_provider_error(error))
-    except Exception:
-        log.exception("stream failed")
+    except Exception as exc:
+        log_unexpected(request, exc)
         yield sse_error_event(internal_error())
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -15,10 +14,8 @@ from starlette.responses import Response
 from gateway import api
 from gateway.config import CONFIG_ENV_VAR, LoadedConfig, load_config, resolve_config_path
 from gateway.errors import APIError, internal_error
-from gateway.http_io import error_response, json_response, request_id
+from gateway.http_io import error_response, json_response, log_unexpected, request_id
 from gateway.runtime import Runtime
-
-log = logging.getLogger("llm_gateway")
 
 
 def create_app(loaded: LoadedConfig) -> FastAPI:
@@ -41,15 +38,16 @@ def create_app(loaded: LoadedConfig) -> FastAPI:
     app.include_router(api.router)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> Response:
+    async def healthz(request: Request) -> Response:
         """The process is alive and serving; says nothing about upstreams (that is /readyz)."""
-        return json_response({"status": "ok"})
+        return json_response({"status": "ok"}, headers={"x-request-id": request_id(request)})
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
         checks = await request.app.state.runtime.readiness()
         ready = all(check["ok"] for check in checks.values())
-        return json_response({"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503)
+        body = {"status": "ready" if ready else "not_ready", "checks": checks}
+        return json_response(body, 200 if ready else 503, headers={"x-request-id": request_id(request)})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
@@ -61,11 +59,11 @@ def create_app(loaded: LoadedConfig) -> FastAPI:
             )
         else:
             error = APIError(exc.status_code, str(exc.detail))
-        return error_response(error, {"x-request-id": request_id(request)})
+        return error_response(error, {**(exc.headers or {}), "x-request-id": request_id(request)})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log_unexpected(request, exc)
         return error_response(internal_error(), {"x-request-id": request_id(request)})
 
     return app

@@ -34,7 +34,7 @@ class HTTPClientSettings(_Strict):
         default=1000, ge=1, description="Upstream connections per process, idle keep-alive ones included."
     )
     keepalive_expiry_s: float = Field(default=30.0, gt=0)
-    proxy: str | None = Field(
+    proxy: SecretStr | None = Field(
         default=None, description="Outbound HTTP proxy for every upstream call; HTTPS_PROXY is not read."
     )
 
@@ -113,6 +113,9 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> L
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([ConfigIssue("(file)", f"cannot read config: {exc.strerror}", str(path))]) from None
+    except UnicodeDecodeError as exc:
+        message = f"the file is not UTF-8 text (byte {exc.start} cannot be decoded)"
+        raise ConfigError([ConfigIssue("(file)", message, str(path))]) from None
     return parse_config(text, str(path), environ)
 
 
@@ -196,7 +199,8 @@ def _reference_issues(document: YamlDocument) -> list[ConfigIssue]:
             if provider is None:
                 issues.append(ConfigIssue(_path_text(path), f"unknown provider {name!r} (known: {known})", where))
                 continue
-            adapter = ADAPTERS.get(provider.get("type")) if isinstance(provider, dict) else None
+            provider_type = provider.get("type") if isinstance(provider, dict) else None
+            adapter = ADAPTERS.get(provider_type) if isinstance(provider_type, str) else None
             if model.get("mode") == "embeddings" and adapter is not None and not adapter.supports_embeddings:
                 message = f"provider {name!r} (type {adapter.provider_type}) does not serve embeddings"
                 issues.append(ConfigIssue(_path_text(path), message, where))

@@ -82,6 +82,8 @@ def from_provider_error(error: ProviderError) -> APIError:
             param = param or "messages"
     else:
         message = f"Upstream provider '{error.provider}' failed: {error.message}"
+        if error.kind is ErrorKind.AUTH and error.code == "insufficient_quota":
+            code = error.code
     return APIError(
         status,
         message,

@@ -9,10 +9,11 @@ for the next chunk to fail to send.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
+import traceback
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -20,6 +21,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import APIError
+
+T = TypeVar("T")
+log = logging.getLogger("llm_gateway")
 
 JSON_HEADERS = {"content-type": "application/json"}
 SSE_HEADERS = {
@@ -30,11 +34,64 @@ SSE_HEADERS = {
 
 
 def request_id(request: Request) -> str:
-    """The client's `x-request-id` when it is a sane token, else a new one."""
+    """The client's `x-request-id` when it is a sane token, else a new one; the same for the whole request."""
+    cached = request.scope.get("llm_gateway.request_id")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
     given = request.headers.get("x-request-id")
     if given and len(given) <= 128 and given.isascii() and given.isprintable():
-        return given
-    return "req_" + uuid.uuid4().hex
+        rid = given
+    else:
+        rid = "req_" + uuid.uuid4().hex
+    request.scope["llm_gateway.request_id"] = rid
+    return rid
+
+
+def log_unexpected(request: Request, exc: BaseException) -> None:
+    """Log a gateway bug with where it happened, never what it said.
+
+    Exception messages can quote request content (a prompt, a header); the type and the frames are
+    enough to find the bug, and the request id ties the log line to the client's report.
+    """
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error(
+        "unhandled %s on %s %s (request %s)\n%s",
+        type(exc).__name__,
+        request.method,
+        request.url.path,
+        request_id(request),
+        frames,
+    )
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, but cancel it the moment the client disconnects (and raise ClientGone).
+
+    An abandoned upstream call would otherwise run to its time limit, holding a connection and
+    capacity (and, at pay-per-token providers, money) for an answer nobody will read.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def wait_for_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(wait_for_disconnect())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        watcher.cancel()
+        await asyncio.wait([watcher])
+    if task.cancelled():
+        raise ClientGone()
+    return task.result()
 
 
 def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -139,8 +196,7 @@ class SSEResponse(Response):
             pass  # the client went away while we were writing to it
         finally:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await asyncio.wait([watcher])  # never swallows a cancellation aimed at this task itself
             aclose = getattr(self.events, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -39,7 +39,7 @@ class Runtime:
         http = create_http_client(
             max_connections=settings.max_connections,
             keepalive_expiry_s=settings.keepalive_expiry_s,
-            proxy=settings.proxy,
+            proxy=settings.proxy.get_secret_value() if settings.proxy else None,
         )
         adapters = {name: ADAPTERS[provider.type](name, provider, http) for name, provider in config.providers.items()}
         router = Router(config.models, adapters, config.server.timeouts)

@@ -85,7 +85,8 @@ class _Builder:
                     continue
                 key = self._scalar(key_node, path)
                 if not isinstance(key, str | int) or isinstance(key, bool):
-                    self._issue(path, f"keys must be strings, got {key!r}", key_node)
+                    hint = " (YAML reads yes/no/on/off as booleans: quote the name)" if isinstance(key, bool) else ""
+                    self._issue(path, f"keys must be strings, got {key!r}{hint}", key_node)
                     continue
                 key = str(key)
                 child = (*path, key)
@@ -115,15 +116,18 @@ class _Builder:
                 return "${"
             name, default = match.group(1), match.group(2)
             resolved = self.environ.get(name)
-            if resolved is None or (resolved == "" and default is not None):
-                if default is not None:
-                    return default
-                self._issue(
-                    path, f"environment variable {name} is not set (write ${{{name}:-default}} to give a default)", node
-                )
-                return ""
-            return resolved
+            if resolved:
+                return resolved
+            if default is not None:
+                return default
+            state = "is empty" if resolved == "" else "is not set"
+            hint = f"write ${{{name}:-default}} to give a default"
+            self._issue(path, f"environment variable {name} {state} ({hint})", node)
+            return ""
 
+        if "${" in _ENV_REFERENCE.sub("", value):
+            # e.g. ${VAR:default} or ${ VAR }: a typo that would otherwise become a literal value (a key!)
+            self._issue(path, "malformed ${...} reference: write ${NAME} or ${NAME:-default}", node)
         return _ENV_REFERENCE.sub(replace, value)
 
     def _issue(self, path: Path, message: str, node: yaml.Node) -> None:

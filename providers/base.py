@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from providers.errors import ErrorKind, ProviderError
 from providers.schema import ChatRequest, EmbedRequest, StreamChunk
 
+_SECRET_HEADER_HINTS = ("key", "auth", "token", "secret", "password", "cookie")
+
 
 class ProviderConfigBase(BaseModel):
     """Fields every provider type accepts. Each type adds its own and sets `type` to a literal."""
@@ -80,6 +82,13 @@ class ProviderAdapter(ABC):
             value.get_secret_value()
             for value in config.__dict__.values()
             if isinstance(value, SecretStr) and value.get_secret_value()
+        ]
+        # Credentials also travel in custom headers (api-key, x-api-key, proxy tokens...).
+        headers = getattr(config, "headers", None) or {}
+        self._secrets += [
+            value
+            for name, value in headers.items()
+            if value and any(hint in name.lower() for hint in _SECRET_HEADER_HINTS)
         ]
 
     @abstractmethod

@@ -68,15 +68,16 @@ def transport_error(exc: httpx.HTTPError) -> tuple[ErrorKind, str]:
 
 
 def request_timeout(options: CallOptions, *, streaming: bool) -> httpx.Timeout:
-    """httpx time limits for one call.
+    """httpx time limits for one call: the socket-level backstop behind the adapters' own limits.
 
-    The read limit applies to each socket read. Non-streaming answers arrive all at once at the end, so
-    their read limit is the whole remaining budget; streams must show a first byte within the
-    first-token limit.
+    The read limit applies to every socket read. Streams get the whole remaining budget here because
+    their first-token and idle limits differ and are enforced per item (`providers.streaming`); a
+    non-streamed answer arrives all at once at the end, so the remaining budget is its limit too.
     """
     remaining = max(options.remaining_s(), 0.001)
-    read = min(options.first_token_timeout_s, remaining) if streaming else remaining
-    return httpx.Timeout(connect=min(options.connect_timeout_s, remaining), read=read, write=remaining, pool=remaining)
+    return httpx.Timeout(
+        connect=min(options.connect_timeout_s, remaining), read=remaining, write=remaining, pool=remaining
+    )
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:

@@ -372,13 +372,14 @@ def _example(schema: dict[str, Any], rng: random.Random, root: dict[str, Any] | 
         properties = schema.get("properties") or {}
         return {name: _example(sub, rng, root, depth + 1) for name, sub in properties.items()}
     if kind == "array":
-        count = max(int(schema.get("minItems", 1)), 1)
+        count = min(max(int(schema.get("minItems", 1)), 1), 16)  # a client's schema must not size our memory
         return [_example(schema.get("items") or {}, rng, root, depth + 1) for _ in range(count)]
     if kind == "integer":
-        return rng.randint(int(schema.get("minimum", 0)), int(schema.get("maximum", 100)))
+        low = int(schema.get("minimum", 0))
+        return rng.randint(low, max(low, int(schema.get("maximum", low + 100))))
     if kind == "number":
-        low, high = float(schema.get("minimum", 0)), float(schema.get("maximum", 100))
-        return round(rng.uniform(low, high), 2)
+        low = float(schema.get("minimum", 0))
+        return round(rng.uniform(low, max(low, float(schema.get("maximum", low + 100)))), 2)
     if kind == "boolean":
         return rng.random() < 0.5
     if kind == "null":

@@ -20,7 +20,7 @@ from providers.base import CallOptions, ProviderAdapter, ProviderConfigBase
 from providers.errors import ErrorKind, ProviderError
 from providers.http import parse_retry_after, request_timeout, transport_error
 from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage
-from providers.streaming import within_limits
+from providers.streaming import first_token_deadline, within_limits
 from providers.tokens import count_messages, count_text
 
 
@@ -89,14 +89,14 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         else:
             body.pop("stream_options", None)  # servers that need this switch reject the field outright
-        loop = asyncio.get_running_loop()
+        first_deadline = first_token_deadline(options)
         saw_usage = False
         saw_done = False
         finished: set[int] = set()
         text_parts: list[str] = []
         first_chunk: dict[str, Any] | None = None
         try:
-            async with asyncio.timeout_at(min(loop.time() + options.first_token_timeout_s, options.deadline)):
+            async with asyncio.timeout_at(first_deadline):
                 response = await self.http.send(
                     self.http.build_request(
                         "POST",
@@ -111,14 +111,16 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                 if response.status_code != 200:
                     await response.aread()
                     raise self._error_from_response(response)
-                async for data in within_limits(_sse_data(response), options):
+                async for data in within_limits(_sse_data(response), options, first_deadline):
                     if data == b"[DONE]":
                         saw_done = True
                         break
                     chunk = _loads(data, self)
+                    if not isinstance(chunk, dict):
+                        raise self.error(ErrorKind.INTERNAL, "upstream sent a chunk that is not a JSON object")
                     if first_chunk is None:
                         first_chunk = chunk
-                    if "error" in chunk:
+                    if chunk.get("error"):
                         raise self._error_from_body(chunk, status=200)
                     if chunk.get("usage"):
                         saw_usage = True
@@ -133,7 +135,9 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                                 text_parts.append(arguments)
                         if choice.get("finish_reason"):
                             finished.add(choice.get("index", 0))
-                    yield StreamChunk(chunk, raw=data)
+                    # A multi-line SSE event joins its lines with "\n": such bytes cannot be re-framed as
+                    # one `data:` line, so that (rare) chunk is re-encoded instead of passed through.
+                    yield StreamChunk(chunk, raw=None if b"\n" in data else data)
             finally:
                 await response.aclose()
         except TimeoutError as exc:
@@ -223,6 +227,9 @@ def _kind_for(status: int, code: str | None, error_type: str, message: str) -> E
         if code == "rate_limit_exceeded" or "rate limit" in lowered:
             return ErrorKind.RATE_LIMITED
         return ErrorKind.INTERNAL
+    if code == "insufficient_quota" or status == 402:
+        # The account behind this deployment is out of credit: waiting will not help, another deployment may.
+        return ErrorKind.AUTH
     if status == 429:
         return ErrorKind.RATE_LIMITED
     if status in (400, 413, 422):

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 _STRICT_OPEN = ConfigDict(strict=True, extra="allow")
 
@@ -101,12 +101,29 @@ class ToolCall(_Open):
     function: FunctionCall
 
 
+class CustomToolCall(_Open):
+    id: str
+    type: Literal["custom"]
+    custom: dict[str, Any]
+
+
+def _tool_call_kind(value: Any) -> str:
+    # OpenAI requires `type`, but some clients leave it out on function calls: default, don't reject.
+    kind = value.get("type", "function") if isinstance(value, dict) else getattr(value, "type", "function")
+    return kind if kind in ("function", "custom") else "function"
+
+
+AnyToolCall = Annotated[
+    Annotated[ToolCall, Tag("function")] | Annotated[CustomToolCall, Tag("custom")], Discriminator(_tool_call_kind)
+]
+
+
 class AssistantMessage(_Open):
     role: Literal["assistant"]
     content: str | list[AssistantPart] | None = None
     refusal: str | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[AnyToolCall] | None = None
     function_call: FunctionCall | None = None
 
 

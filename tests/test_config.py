@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_config
+from providers.registry import ADAPTERS
 
 BROKEN = """\
 providers:
@@ -68,7 +69,8 @@ providers:
 models:
   m: {deployments: [{provider: b, model: x}]}
 """)
-    assert "providers.a.type: unknown provider type 'bedrok' (known: mock, openai) at gateway.yaml:2" in issues
+    known = ", ".join(ADAPTERS)
+    assert f"providers.a.type: unknown provider type 'bedrok' (known: {known}) at gateway.yaml:2" in issues
     assert any(
         issue.startswith("providers.b.ttft_ms: input should be a valid number") and issue.endswith(":5")
         for issue in issues
@@ -173,3 +175,39 @@ def test_the_readme_config_reference_is_a_valid_config(repo_root: Path) -> None:
     environ = {"REDIS_URL": "redis://127.0.0.1:6379/0", "OPENAI_API_KEY": "sk-x"}
     loaded = parse_config(block, "README.md", environ)
     assert loaded.config.models["gpt-4o-mini"].deployments[0].price.output_per_mtok == 0.60  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        (
+            "providers:\n  a: {type: openai, api_key: '${KEY:fallback}'}\n",
+            {"KEY": "v"},
+            "providers.a.api_key: malformed ${...} reference: write ${NAME} or ${NAME:-default} at gateway.yaml:2",
+        ),
+        (
+            "providers:\n  a: {type: openai, api_key: '${KEY}'}\n",
+            {"KEY": ""},
+            "providers.a.api_key: environment variable KEY is empty (write ${KEY:-default} to give a default) "
+            "at gateway.yaml:2",
+        ),
+        ("providers:\n  a: {type: [mock]}\n", {}, "providers.a.type: unknown provider type"),
+        (
+            "providers:\n  a: {type: mock}\nmodels:\n  no: {deployments: [{provider: a, model: x}]}\n",
+            {},
+            "models: keys must be strings, got False (YAML reads yes/no/on/off as booleans: quote the name)",
+        ),
+    ],
+)
+def test_config_typos_are_errors_not_silent_values(text: str, environ: dict[str, str], expected: str) -> None:
+    if "models:" not in text:
+        text += "models:\n  m: {deployments: [{provider: a, model: x}]}\n"
+    assert any(issue.startswith(expected) for issue in issues_of(text, environ))
+
+
+def test_a_config_that_is_not_utf8_is_reported_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(b"providers:\n  a: {type: mock}\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "not UTF-8" in str(caught.value)

@@ -20,7 +20,7 @@ from providers.bedrock.stream import ChunkBuilder, frames, incomplete_stream_err
 from providers.errors import ErrorKind, ProviderError
 from providers.http import request_timeout, transport_error
 from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage, encode_embedding, new_completion_id, now_s
-from providers.streaming import within_limits
+from providers.streaming import first_token_deadline, within_limits
 from providers.tokens import count_messages, count_text
 
 _COHERE_BATCH = 96  # texts per Cohere embed call on Bedrock
@@ -58,12 +58,12 @@ class BedrockAdapter(ProviderAdapter):
     async def stream(self, model: str, request: ChatRequest, options: CallOptions) -> AsyncIterator[StreamChunk]:
         plan = self._plan(request)
         builder = ChunkBuilder(completion_id=new_completion_id(), created=now_s(), model=model, plan=plan)
-        loop = asyncio.get_running_loop()
+        first_deadline = first_token_deadline(options)
         try:
-            async with asyncio.timeout_at(min(loop.time() + options.first_token_timeout_s, options.deadline)):
+            async with asyncio.timeout_at(first_deadline):
                 response = await self._post(model, "converse-stream", plan.body, options, streaming=True)
             try:
-                async for message in within_limits(frames(response.aiter_bytes()), options):
+                async for message in within_limits(frames(response.aiter_bytes()), options, first_deadline):
                     chunk = builder.on_message(message)
                     if chunk is not None:
                         yield chunk

@@ -27,6 +27,7 @@ from providers.schema import (
     NamedToolChoice,
     SystemMessage,
     TextPart,
+    ToolCall,
     ToolMessage,
     Usage,
     UserMessage,
@@ -191,6 +192,10 @@ def _assistant_blocks(message: AssistantMessage, index: int) -> list[dict[str, A
     if text:
         blocks.append({"text": text})
     for position, call in enumerate(message.tool_calls or ()):
+        if not isinstance(call, ToolCall):
+            raise invalid(
+                "Custom tool calls are not supported for Bedrock.", f"messages[{index}].tool_calls[{position}]"
+            )
         try:
             arguments = orjson.loads(call.function.arguments or "{}")
         except orjson.JSONDecodeError:

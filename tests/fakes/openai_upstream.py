@@ -119,6 +119,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
         self.stream_cancelled = threading.Event()
+        self.client_gone = threading.Event()  # the caller hung up while a reply was being delayed
         self.stream_finished = threading.Event()
         self._queue: deque[Behaviour] = deque()
         self._lock = threading.Lock()
@@ -161,6 +162,7 @@ class FakeOpenAI:
             return behaviour, Response(b'{"id": "chatcmpl-x", "choices": [', 200, _headers(), "application/json")
         if isinstance(behaviour, Hang):
             if await _sleep_unless_disconnected(request, behaviour.seconds):
+                self.client_gone.set()
                 return behaviour, Response(b"", 499)  # nobody is listening; uvicorn drops it
             return Reply(), None
         return behaviour, None
@@ -179,6 +181,7 @@ class FakeOpenAI:
         if req.get("stream"):
             return _SSEResponse(self._guarded(_reply_frames(req, behaviour)), headers=_headers())
         if await _sleep_unless_disconnected(request, behaviour.delay_s):
+            self.client_gone.set()
             return Response(b"", 499)
         return _json(200, _completion(req, behaviour))
 

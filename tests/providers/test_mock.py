@@ -103,3 +103,20 @@ def test_async_adapter_calls_can_run_concurrently() -> None:
     results = asyncio.run(many())
     assert len({result["id"] for result in results}) == 20
     assert time.monotonic() - started < 1.9  # 20 × 100 ms in sequence would be 2 s: they overlap (no blocking)
+
+
+async def test_json_schemas_with_large_bounds_are_answered_not_crashed() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "year": {"type": "integer", "minimum": 1900},
+            "price": {"type": "number", "minimum": 500},
+            "items": {"type": "array", "minItems": 300000, "items": {"type": "string"}},
+        },
+    }
+    request = chat_request(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    completion = await adapter().chat("m", request, CallOptions.within(5))
+    import json
+
+    answer = json.loads(completion["choices"][0]["message"]["content"])
+    assert answer["year"] >= 1900 and answer["price"] >= 500 and 1 <= len(answer["items"]) <= 16

@@ -320,3 +320,94 @@ def test_upstream_calls_go_through_the_configured_proxy() -> None:
             response = httpx.post(url + "/v1/chat/completions", json={"model": "gpt", "messages": MESSAGES})
     assert response.status_code == 200, response.text
     assert fake.requests[-1].headers["host"] == "upstream.invalid:9"
+
+
+# --- limits and cancellation, precisely -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_leaving_before_the_answer_starts_cancels_the_upstream_call(rig: Rig, stream: bool) -> None:
+    rig.fake.script(Hang(5) if not stream else Reply(delay_s=5))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            rig.gateway_url + "/v1/chat/completions",
+            timeout=0.5,
+            json={"model": "gpt", "messages": MESSAGES, "stream": stream},
+        )
+    # The gateway noticed at once and hung up on the upstream, long before its 2.5 s limit.
+    gone = rig.fake.stream_cancelled if stream else rig.fake.client_gone
+    assert gone.wait(timeout=1.5)
+
+
+def test_idle_limit_longer_than_first_token_limit_is_honoured(rig: Rig) -> None:
+    timeouts = "first_token_s: 0.5, idle_s: 3, total_s: 10"
+    with serve_gateway(gateway_config(rig.upstream_url, timeouts=timeouts)) as url:
+        rig.fake.script(StreamChunks(chunks=3, chunk_delay_s=1.0))  # 1 s gaps: over first_token_s, under idle_s
+        payloads = sse_payloads(url, {"model": "gpt", "messages": MESSAGES, "stream": True})
+    assert payloads[-1] == "[DONE]"
+
+
+def test_first_token_limit_covers_headers_and_first_chunk_together(rig: Rig) -> None:
+    # Headers at once, first chunk after 1.6 s: one 1 s budget for both, so this must time out.
+    rig.fake.script(Reply(delay_s=1.6))
+    response = httpx.post(
+        rig.gateway_url + "/v1/chat/completions", json={"model": "gpt", "messages": MESSAGES, "stream": True}
+    )
+    assert response.status_code == 504 and "first chunk" in response.json()["error"]["message"]
+
+
+def test_multi_line_sse_data_is_reframed_not_forwarded_raw(rig: Rig) -> None:
+    """An upstream may split one JSON chunk over several `data:` lines; clients must still get valid SSE."""
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop", "logprobs": None}
+        ],
+    }
+    pretty = json.dumps(chunk, indent=1).replace("\n", "\ndata: ")
+    rig.fake.script(Error(200, f"data: {pretty}\n\ndata: [DONE]\n\n", headers={"content-type": "text/event-stream"}))
+    text = ""
+    for event in rig.client.chat.completions.create(model="gpt", messages=MESSAGES, stream=True):  # type: ignore[arg-type]
+        text += "".join(choice.delta.content or "" for choice in event.choices)
+    assert text == "hi"
+
+
+def test_out_of_credit_is_not_a_retryable_rate_limit(rig: Rig) -> None:
+    rig.fake.script(Error(429, "quota"))
+    response = httpx.post(rig.gateway_url + "/v1/chat/completions", json={"model": "gpt", "messages": MESSAGES})
+    assert response.status_code == 502 and response.headers["x-should-retry"] == "false"
+    assert response.json()["error"]["code"] == "insufficient_quota"
+    rig.fake.script(Error(429, "quota"))
+    assert adapter_error(rig.upstream_url, stream=False).kind is ErrorKind.AUTH
+
+
+def test_credentials_in_custom_headers_are_scrubbed_too(rig: Rig) -> None:
+    config = gateway_config(rig.upstream_url).replace(
+        "headers: {x-team: platform}", "headers: {api-key: hdr-secret-99}"
+    )
+    with serve_gateway(config) as url:
+        rig.fake.script(
+            Error(
+                401, body={"error": {"message": "bad api-key hdr-secret-99", "type": "x", "param": None, "code": None}}
+            )
+        )
+        response = httpx.post(url + "/v1/chat/completions", json={"model": "gpt", "messages": MESSAGES})
+    assert response.status_code == 502 and "hdr-secret-99" not in response.text
+
+
+def test_custom_tool_calls_in_history_are_accepted_and_forwarded(rig: Rig) -> None:
+    messages = [
+        {"role": "user", "content": "run it"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "ct_1", "type": "custom", "custom": {"name": "shell", "input": "ls"}}],
+        },
+        {"role": "tool", "tool_call_id": "ct_1", "content": "README.md"},
+    ]
+    response = httpx.post(rig.gateway_url + "/v1/chat/completions", json={"model": "gpt", "messages": messages})
+    assert response.status_code == 200, response.text
+    assert rig.fake.requests[-1].json["messages"][1]["tool_calls"][0]["type"] == "custom"
