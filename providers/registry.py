@@ -14,10 +14,13 @@ from providers.base import ProviderAdapter
 from providers.bedrock import BedrockAdapter, BedrockConfig
 from providers.mock import MockAdapter, MockProviderConfig
 from providers.openai_compatible import OpenAICompatibleAdapter, OpenAICompatibleConfig
+from providers.vertex import VertexAdapter, VertexConfig
 
 ADAPTERS: dict[str, type[ProviderAdapter]] = {
-    adapter.provider_type: adapter for adapter in (MockAdapter, OpenAICompatibleAdapter, BedrockAdapter)
+    adapter.provider_type: adapter for adapter in (MockAdapter, OpenAICompatibleAdapter, BedrockAdapter, VertexAdapter)
 }
 
 #: The `providers.<name>` entry of the config: one model per type, chosen by its `type` field.
-ProviderConfig = Annotated[MockProviderConfig | OpenAICompatibleConfig | BedrockConfig, Field(discriminator="type")]
+ProviderConfig = Annotated[
+    MockProviderConfig | OpenAICompatibleConfig | BedrockConfig | VertexConfig, Field(discriminator="type")
+]
