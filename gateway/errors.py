@@ -77,9 +77,10 @@ def from_provider_error(error: ProviderError) -> APIError:
     param = error.param
     if error.kind in (ErrorKind.INVALID_REQUEST, ErrorKind.CONTENT_FILTER, ErrorKind.CONTEXT_WINDOW):
         message = error.message  # the provider's own words help the client fix its request
-        code = error.code or code
         if error.kind is ErrorKind.CONTEXT_WINDOW:
-            param = param or "messages"
+            param = param or "messages"  # the code stays OpenAI's, whatever the provider called it
+        elif error.kind is ErrorKind.INVALID_REQUEST:
+            code = error.code or code  # an OpenAI-compatible upstream's own code, e.g. unsupported_value
     else:
         message = f"Upstream provider '{error.provider}' failed: {error.message}"
         if error.kind is ErrorKind.AUTH and error.code == "insufficient_quota":

@@ -166,7 +166,9 @@ class BedrockAdapter(ProviderAdapter):
     async def _post(
         self, model: str, action: str, body: dict[str, Any], options: CallOptions, *, streaming: bool
     ) -> httpx.Response:
-        url = f"{self._endpoint}/model/{quote(model, safe='')}/{action}"  # the id is one encoded path segment
+        # The model id is one path segment: "/" in ARNs must be %2F. ":" stays literal because the HTTP client
+        # (yarl, under aiohttp) would send %3A as ":" anyway, and the signature must cover the bytes sent.
+        url = f"{self._endpoint}/model/{quote(model, safe=':')}/{action}"
         content = orjson.dumps(body)
         try:
             headers = await self._signer.signed_headers(url, content)
@@ -199,7 +201,8 @@ class BedrockAdapter(ProviderAdapter):
         if kind is ErrorKind.AUTH:
             message = f"AWS refused the credentials of provider '{self.name}' for model '{model}': {message}"
         detail = f"{error_type}: {message}" if error_type and kind is not ErrorKind.AUTH else message
-        return self.error(kind, detail, status=response.status_code, code=error_type or None)
+        # `code` is for OpenAI-style codes; Bedrock's exception name stays in the message.
+        return self.error(kind, detail, status=response.status_code)
 
     def _json(self, content: bytes) -> dict[str, Any]:
         try:

@@ -126,7 +126,7 @@ def _stream_error(raw_type: str | None, payload: bytes) -> ProviderError:
         body = {}
     message = str(body.get("message") or body.get("Message") or "error inside the stream")
     error_type = error_type_name(raw_type)
-    return ProviderError(error_kind(None, error_type, message), f"{error_type}: {message}", code=error_type or None)
+    return ProviderError(error_kind(None, error_type, message), f"{error_type}: {message}")
 
 
 def incomplete_stream_error() -> ProviderError:

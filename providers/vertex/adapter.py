@@ -184,9 +184,8 @@ class VertexAdapter(ProviderAdapter):
         kind = error_kind(code, rpc_status, message)
         if kind is ErrorKind.AUTH:
             message = f"Google refused the credentials of provider '{self.name}': {message}"
-        return self.error(
-            kind, f"{rpc_status}: {message}" if rpc_status else message, status=code, code=rpc_status or None
-        )
+        # `code` is for OpenAI-style codes; the google.rpc status stays in the message.
+        return self.error(kind, f"{rpc_status}: {message}" if rpc_status else message, status=code)
 
     def _json(self, content: bytes) -> dict[str, Any]:
         try:
