@@ -245,6 +245,7 @@ class FakeVertex:
         self.private_key_id = secrets.token_hex(20)
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.requests: list[RecordedRequest] = []
+        self.auth_failures = 0  # API calls refused for a missing, unknown or expired token
         self.token_requests = 0
         self.token_claims: list[dict[str, Any]] = []  # verified JWT claims of each granted token
         self.stream_cancelled = threading.Event()
@@ -316,6 +317,7 @@ class FakeVertex:
             self.requests.clear()
             self.token_claims.clear()
             self.token_requests = 0
+            self.auth_failures = 0
             self.expires_in = self._default_expires_in
             self._tokens.clear()
             self._queue.clear()
@@ -446,6 +448,8 @@ class FakeVertex:
             return _status_response(404, "NOT_FOUND", f"Method not found: {request.url.path}")
         denied = self._auth_failure(headers, call)
         if denied is not None:
+            with self._lock:
+                self.auth_failures += 1
             return denied
         if raw and body is None:
             return _status_response(400, "INVALID_ARGUMENT", "Invalid JSON payload received. Unexpected token.")
