@@ -170,7 +170,7 @@ def _describe(error: Any) -> str:
         return f"unknown provider type {context.get('tag')!r} (known: {known})"
     if kind == "union_tag_not_found":
         return "a `type` is required (known: " + ", ".join(sorted(ADAPTERS)) + ")"
-    message = str(error["msg"])
+    message = str(error["msg"]).removeprefix("Value error, ")  # our own validators' words, as written
     message = message[0].lower() + message[1:]
     if "input" in error and not isinstance(error["input"], dict | list):
         message += f", got {error['input']!r}"

@@ -211,3 +211,41 @@ def test_a_config_that_is_not_utf8_is_reported_not_a_crash(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert "not UTF-8" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("provider", "expected"),
+    [
+        ("{type: bedrock, region: us-east}", "providers.p.region: string should match pattern"),
+        (
+            "{type: bedrock, region: us-east-1, aws_secret_acess_key: x}",
+            "providers.p.aws_secret_acess_key: unknown key",
+        ),
+        ("{type: vertex, project: p, location: us-central1}", "providers.p: set exactly one of"),
+        (
+            "{type: vertex, project: p, location: us-central1, adc: true, credentials_json: '{}'}",
+            "providers.p: set exactly one of",
+        ),
+        (
+            "{type: vertex, project: p, location: us-central1, credentials_file: /nonexistent/sa.json}",
+            "providers.p.credentials_file: credentials file not found: /nonexistent/sa.json",
+        ),
+        ("{type: vertex, location: us-central1, adc: true}", "providers.p.project: required key is missing"),
+    ],
+)
+def test_cloud_provider_settings_are_validated(provider: str, expected: str) -> None:
+    text = f"providers:\n  p: {provider}\nmodels:\n  m: {{deployments: [{{provider: p, model: x}}]}}\n"
+    issues = issues_of(text)
+    assert any(issue.startswith(expected) and issue.endswith("gateway.yaml:2") for issue in issues), issues
+
+
+def test_cloud_secrets_never_print() -> None:
+    text = """\
+providers:
+  aws: {type: bedrock, region: us-east-1, aws_access_key_id: AKID, aws_secret_access_key: aws-very-secret}
+  gcp: {type: vertex, project: p, location: global, credentials_json: '{"private_key": "gcp-very-secret"}'}
+models:
+  m: {deployments: [{provider: aws, model: x}]}
+"""
+    config = parse_config(text, "t.yaml", {}).config
+    assert "very-secret" not in repr(config) and "very-secret" not in str(config.model_dump())

@@ -290,3 +290,24 @@ def test_images_go_inline_and_remote_urls_are_refused(rig: Rig) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         rig.client.chat.completions.create(model="claude", messages=[{"role": "user", "content": content}])
     assert caught.value.param == "messages[0].content[1]"
+
+
+def test_credentials_from_the_standard_aws_chain_and_session_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No keys in the config: botocore's chain finds them (here in the environment), session token included."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSESSION")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "session-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "the-session-token")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    fake = FakeBedrock({"AKIDSESSION": "session-secret"}, session_tokens={"AKIDSESSION": "the-session-token"})
+    with ServerThread(fake.app) as upstream:
+        config = f"""
+providers:
+  chain: {{type: bedrock, region: eu-west-1, endpoint_url: '{upstream.url}'}}
+models:
+  claude: {{deployments: [{{provider: chain, model: '{CLAUDE}'}}]}}
+"""
+        with serve_gateway(config) as url:
+            response = httpx.post(url + "/v1/chat/completions", json={"model": "claude", "messages": MESSAGES})
+    assert response.status_code == 200, response.text
+    assert fake.requests[-1].access_key == "AKIDSESSION"
+    assert fake.requests[-1].headers["x-amz-security-token"] == "the-session-token"
