@@ -8,12 +8,14 @@ side and the provider's wire protocol on the other, and raises only `ProviderErr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
+import orjson
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from providers.errors import ErrorKind, ProviderError
@@ -123,3 +125,35 @@ class ProviderAdapter(ABC):
 
     def error(self, kind: ErrorKind, message: str, **details: Any) -> ProviderError:
         return ProviderError(kind, self.scrub(message), provider=self.name, **details)
+
+    def own(self, error: ProviderError) -> ProviderError:
+        """Claim an error raised by shared code (request mapping, stream decoding): name this provider, scrub."""
+        error.provider = error.provider or self.name
+        error.message = self.scrub(error.message)
+        return error
+
+    def parse_json(self, content: bytes, upstream: str) -> dict[str, Any]:
+        """An upstream answer that must be a JSON object; anything else is the upstream's fault."""
+        try:
+            answer = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise self.error(ErrorKind.INTERNAL, f"{upstream} sent malformed JSON", status=200) from None
+        if not isinstance(answer, dict):
+            raise self.error(ErrorKind.INTERNAL, f"{upstream}'s answer is not a JSON object", status=200)
+        return answer
+
+    @contextlib.contextmanager
+    def failures_as_provider_errors(self, upstream: str) -> Iterator[None]:
+        """Inside the block, time-outs, transport failures and unclaimed ProviderErrors become this
+        provider's normalized errors; the block may be a streaming loop."""
+        from providers.http import transport_error  # providers.http builds on this module
+
+        try:
+            yield
+        except TimeoutError as exc:
+            detail = f"{upstream} sent {exc}" if str(exc) else f"{upstream} did not answer in time"
+            raise self.error(ErrorKind.TIMEOUT, detail) from None
+        except httpx.HTTPError as exc:
+            raise self.error(*transport_error(exc)) from None
+        except ProviderError as exc:
+            raise self.own(exc) from None

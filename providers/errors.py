@@ -57,3 +57,20 @@ class ProviderError(Exception):
 
     def __repr__(self) -> str:
         return f"ProviderError({self.kind.value!r}, {self.message!r}, provider={self.provider!r}, status={self.status})"
+
+
+def kind_for_status(status: int | None) -> ErrorKind:
+    """The kind an HTTP status alone implies, for errors a provider did not name more precisely."""
+    if status == 429:
+        return ErrorKind.RATE_LIMITED
+    if status in (401, 403):
+        return ErrorKind.AUTH
+    if status == 404:
+        return ErrorKind.NOT_FOUND
+    if status in (408, 504):
+        return ErrorKind.TIMEOUT
+    if status in (502, 503, 529):
+        return ErrorKind.UNAVAILABLE
+    if status is not None and 400 <= status < 500:
+        return ErrorKind.INVALID_REQUEST
+    return ErrorKind.INTERNAL

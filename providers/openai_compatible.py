@@ -17,7 +17,7 @@ import orjson
 from pydantic import Field, SecretStr
 
 from providers.base import CallOptions, ProviderAdapter, ProviderConfigBase
-from providers.errors import ErrorKind, ProviderError
+from providers.errors import ErrorKind, ProviderError, kind_for_status
 from providers.http import parse_retry_after, request_timeout, transport_error
 from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage
 from providers.streaming import first_token_deadline, within_limits
@@ -238,15 +238,7 @@ def _kind_for(status: int, code: str | None, error_type: str, message: str) -> E
         if code in _CONTENT_FILTER_CODES or error_type in _CONTENT_FILTER_CODES:
             return ErrorKind.CONTENT_FILTER
         return ErrorKind.INVALID_REQUEST
-    if status in (401, 403):
-        return ErrorKind.AUTH
-    if status == 404:
-        return ErrorKind.NOT_FOUND
-    if status in (408, 504):
-        return ErrorKind.TIMEOUT
-    if status in (502, 503, 529):
-        return ErrorKind.UNAVAILABLE
-    return ErrorKind.INTERNAL
+    return kind_for_status(status)
 
 
 def _loads(data: bytes, adapter: ProviderAdapter) -> Any:

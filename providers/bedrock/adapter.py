@@ -9,19 +9,19 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from botocore.eventstream import ParserError
 
 from providers.base import CallOptions, ProviderAdapter
 from providers.bedrock.auth import AWSSigner
 from providers.bedrock.config import BedrockConfig
 from providers.bedrock.errors import error_kind, error_type_name
-from providers.bedrock.mapping import ConversePlan, from_converse, invalid, to_converse
+from providers.bedrock.mapping import ConversePlan, from_converse, to_converse
 from providers.bedrock.stream import ChunkBuilder, frames, incomplete_stream_error
 from providers.errors import ErrorKind, ProviderError
-from providers.http import request_timeout, transport_error
+from providers.http import request_timeout
 from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage, encode_embedding, new_completion_id, now_s
 from providers.streaming import first_token_deadline, within_limits
 from providers.tokens import count_messages, count_text
+from providers.translate import invalid
 
 _COHERE_BATCH = 96  # texts per Cohere embed call on Bedrock
 _TITAN_CONCURRENCY = 16  # Titan embeds one text per call: bound the fan-out of a large batch
@@ -43,23 +43,17 @@ class BedrockAdapter(ProviderAdapter):
 
     async def chat(self, model: str, request: ChatRequest, options: CallOptions) -> dict[str, Any]:
         plan = self._plan(request)
-        try:
+        with self.failures_as_provider_errors("Bedrock"):
             async with asyncio.timeout_at(options.deadline):
                 response = await self._post(model, "converse", plan.body, options, streaming=False)
-            answer = self._json(response.content)
+            answer = self.parse_json(response.content, "Bedrock")
             return from_converse(answer, model=model, plan=plan, completion_id=new_completion_id(), created=now_s())
-        except TimeoutError:
-            raise self.error(ErrorKind.TIMEOUT, "Bedrock did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise self.error(*transport_error(exc)) from None
-        except ProviderError as exc:
-            raise self._own(exc) from None
 
     async def stream(self, model: str, request: ChatRequest, options: CallOptions) -> AsyncIterator[StreamChunk]:
         plan = self._plan(request)
         builder = ChunkBuilder(completion_id=new_completion_id(), created=now_s(), model=model, plan=plan)
         first_deadline = first_token_deadline(options)
-        try:
+        with self.failures_as_provider_errors("Bedrock"):
             async with asyncio.timeout_at(first_deadline):
                 response = await self._post(model, "converse-stream", plan.body, options, streaming=True)
             try:
@@ -71,16 +65,6 @@ class BedrockAdapter(ProviderAdapter):
                 await response.aclose()
             if builder.stop_reason is None:
                 raise incomplete_stream_error()
-        except TimeoutError as exc:
-            raise self.error(ErrorKind.TIMEOUT, f"Bedrock sent {exc}" if str(exc) else "Bedrock timed out") from None
-        except httpx.HTTPError as exc:
-            raise self.error(*transport_error(exc)) from None
-        except ParserError as exc:
-            raise self.error(
-                ErrorKind.INTERNAL, f"Bedrock sent a corrupt event stream ({type(exc).__name__})"
-            ) from None
-        except ProviderError as exc:
-            raise self._own(exc) from None
         if builder.usage is None:  # the metadata event never came: count, rather than record zero
             usage = Usage(
                 prompt_tokens=count_messages(request.body["messages"]),
@@ -93,7 +77,7 @@ class BedrockAdapter(ProviderAdapter):
         try:
             return to_converse(request.params, self.config.json_mode)
         except ProviderError as exc:
-            raise self._own(exc) from None
+            raise self.own(exc) from None
 
     # --- embeddings ----------------------------------------------------------------------------------
 
@@ -101,8 +85,8 @@ class BedrockAdapter(ProviderAdapter):
         params = request.params
         texts = params.inputs()
         if not all(isinstance(text, str) for text in texts):
-            raise self._own(invalid("Bedrock embedding models take text, not token arrays.", "input"))
-        try:
+            raise self.own(invalid("Bedrock embedding models take text, not token arrays.", "input"))
+        with self.failures_as_provider_errors("Bedrock"):
             async with asyncio.timeout_at(options.deadline):
                 if "cohere.embed" in model:
                     vectors, tokens = await self._embed_cohere(model, texts, params.dimensions, options)  # type: ignore[arg-type]
@@ -110,12 +94,6 @@ class BedrockAdapter(ProviderAdapter):
                     vectors, tokens = await self._embed_titan(model, texts, params.dimensions, options)  # type: ignore[arg-type]
                 else:
                     raise invalid(f"Unknown Bedrock embedding model family: {model} (Titan and Cohere are supported)")
-        except TimeoutError:
-            raise self.error(ErrorKind.TIMEOUT, "Bedrock did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise self.error(*transport_error(exc)) from None
-        except ProviderError as exc:
-            raise self._own(exc) from None
         data = [
             {"object": "embedding", "index": index, "embedding": encode_embedding(vector, params.encoding_format)}
             for index, vector in enumerate(vectors)
@@ -139,7 +117,7 @@ class BedrockAdapter(ProviderAdapter):
             if dimensions is not None:
                 body["dimensions"] = dimensions
             async with gate:
-                answer = self._json((await self._post(model, "invoke", body, options, streaming=False)).content)
+                answer = await self._invoke(model, body, options)
             return answer["embedding"], int(answer.get("inputTextTokenCount") or count_text(text))
 
         results = await asyncio.gather(*(one(text) for text in texts))
@@ -154,7 +132,7 @@ class BedrockAdapter(ProviderAdapter):
         for start in range(0, len(texts), _COHERE_BATCH):
             batch = texts[start : start + _COHERE_BATCH]
             body = {"texts": batch, "input_type": "search_document"}
-            answer = self._json((await self._post(model, "invoke", body, options, streaming=False)).content)
+            answer = await self._invoke(model, body, options)
             embeddings = answer.get("embeddings")
             if isinstance(embeddings, dict):  # when embedding_types is given, vectors are keyed by type
                 embeddings = embeddings.get("float")
@@ -162,6 +140,10 @@ class BedrockAdapter(ProviderAdapter):
         return vectors, sum(count_text(text) for text in texts)  # Cohere reports no token counts
 
     # --- plumbing ------------------------------------------------------------------------------------
+
+    async def _invoke(self, model: str, body: dict[str, Any], options: CallOptions) -> dict[str, Any]:
+        response = await self._post(model, "invoke", body, options, streaming=False)
+        return self.parse_json(response.content, "Bedrock")
 
     async def _post(
         self, model: str, action: str, body: dict[str, Any], options: CallOptions, *, streaming: bool
@@ -203,18 +185,3 @@ class BedrockAdapter(ProviderAdapter):
         detail = f"{error_type}: {message}" if error_type and kind is not ErrorKind.AUTH else message
         # `code` is for OpenAI-style codes; Bedrock's exception name stays in the message.
         return self.error(kind, detail, status=response.status_code)
-
-    def _json(self, content: bytes) -> dict[str, Any]:
-        try:
-            answer = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            raise self.error(ErrorKind.INTERNAL, "Bedrock sent malformed JSON", status=200) from None
-        if not isinstance(answer, dict):
-            raise self.error(ErrorKind.INTERNAL, "Bedrock's answer is not a JSON object", status=200)
-        return answer
-
-    def _own(self, error: ProviderError) -> ProviderError:
-        """Errors raised by the mapping code know nothing of this connection: name it, and scrub."""
-        error.provider = error.provider or self.name
-        error.message = self.scrub(error.message)
-        return error

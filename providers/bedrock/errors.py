@@ -7,7 +7,7 @@ exception frames named in lower camel case (`throttlingException`).
 
 from __future__ import annotations
 
-from providers.errors import ErrorKind
+from providers.errors import ErrorKind, kind_for_status
 
 _BY_TYPE: dict[str, ErrorKind] = {
     "ThrottlingException": ErrorKind.RATE_LIMITED,
@@ -55,16 +55,6 @@ def error_kind(status: int | None, error_type: str, message: str) -> ErrorKind:
         return ErrorKind.INVALID_REQUEST
     if error_type in _BY_TYPE:
         return _BY_TYPE[error_type]
-    if status == 429:
-        return ErrorKind.RATE_LIMITED
-    if status in (401, 403):
-        return ErrorKind.AUTH
-    if status == 404:
-        return ErrorKind.NOT_FOUND
-    if status == 408:
-        return ErrorKind.TIMEOUT
     if status == 503:
         return ErrorKind.UNAVAILABLE
-    if status is not None and 400 <= status < 500:
-        return ErrorKind.INVALID_REQUEST
-    return ErrorKind.INTERNAL
+    return kind_for_status(status)

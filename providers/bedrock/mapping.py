@@ -8,8 +8,6 @@ reference and botocore's service model for bedrock-runtime (2023-09-30).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +25,11 @@ from providers.schema import (
     NamedToolChoice,
     SystemMessage,
     TextPart,
-    ToolCall,
     ToolMessage,
     Usage,
     UserMessage,
 )
+from providers.translate import data_url, function_arguments, invalid, text_of
 
 #: The tool that carries a JSON answer in `json_mode: tool`.
 JSON_TOOL_NAME = "json_response"
@@ -64,10 +62,6 @@ class ConversePlan:
     json_via_tool: bool = False  # the answer's `json_response` tool input is the message content
 
 
-def invalid(message: str, param: str | None = None) -> ProviderError:
-    return ProviderError(ErrorKind.INVALID_REQUEST, message, param=param)
-
-
 def to_converse(params: ChatCompletionRequest, json_mode: str) -> ConversePlan:
     if (params.n or 1) > 1:
         raise invalid("Bedrock returns one choice per call: n must be 1.", "n")
@@ -84,7 +78,7 @@ def to_converse(params: ChatCompletionRequest, json_mode: str) -> ConversePlan:
 
     for index, message in enumerate(params.messages):
         if isinstance(message, SystemMessage | DeveloperMessage):
-            text = _text_of(message.content)
+            text = text_of(message.content)
             if text:
                 system.append({"text": text})
         elif isinstance(message, UserMessage):
@@ -92,7 +86,7 @@ def to_converse(params: ChatCompletionRequest, json_mode: str) -> ConversePlan:
         elif isinstance(message, AssistantMessage):
             add("assistant", _assistant_blocks(message, index))
         elif isinstance(message, ToolMessage):
-            result = {"toolUseId": message.tool_call_id, "content": [{"text": _text_of(message.content)}]}
+            result = {"toolUseId": message.tool_call_id, "content": [{"text": text_of(message.content)}]}
             add("user", [{"toolResult": {**result, "status": "success"}}])
         elif isinstance(message, FunctionMessage):
             raise invalid(
@@ -145,14 +139,6 @@ def to_converse(params: ChatCompletionRequest, json_mode: str) -> ConversePlan:
     return plan
 
 
-def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.text for part in content if isinstance(part, TextPart))
-
-
 def _user_blocks(message: UserMessage, index: int) -> list[dict[str, Any]]:
     if isinstance(message.content, str):
         return [{"text": message.content}] if message.content else []
@@ -171,39 +157,21 @@ def _user_blocks(message: UserMessage, index: int) -> list[dict[str, Any]]:
 
 
 def _image(url: str, param: str) -> dict[str, Any]:
-    """Converse takes image bytes only; fetching URLs on a client's behalf would let it probe our network."""
-    if not url.startswith("data:"):
-        raise invalid("Bedrock needs images inline: send them as data: URLs (base64).", param)
-    header, _, data = url.partition(",")
-    media_type = header[5:].split(";", 1)[0].lower()
+    media_type, data = data_url(url, param, "Bedrock")
     image_format = _IMAGE_FORMATS.get(media_type)
-    if image_format is None or ";base64" not in header:
-        raise invalid("Images must be base64 data: URLs of PNG, JPEG, GIF or WebP.", param)
-    try:
-        base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid("The image's base64 data is not valid.", param) from None
+    if image_format is None:
+        raise invalid("Bedrock takes PNG, JPEG, GIF or WebP images.", param)
     return {"format": image_format, "source": {"bytes": data}}  # JSON carries the bytes as base64
 
 
 def _assistant_blocks(message: AssistantMessage, index: int) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    text = _text_of(message.content)
+    text = text_of(message.content)
     if text:
         blocks.append({"text": text})
     for position, call in enumerate(message.tool_calls or ()):
-        if not isinstance(call, ToolCall):
-            raise invalid(
-                "Custom tool calls are not supported for Bedrock.", f"messages[{index}].tool_calls[{position}]"
-            )
-        try:
-            arguments = orjson.loads(call.function.arguments or "{}")
-        except orjson.JSONDecodeError:
-            raise invalid(
-                "Tool-call arguments must be a JSON object.",
-                f"messages[{index}].tool_calls[{position}].function.arguments",
-            ) from None
-        blocks.append({"toolUse": {"toolUseId": call.id, "name": call.function.name, "input": arguments}})
+        arguments = function_arguments(call, f"messages[{index}].tool_calls[{position}]", "Bedrock")
+        blocks.append({"toolUse": {"toolUseId": call.id, "name": call.function.name, "input": arguments}})  # type: ignore[union-attr]
     return blocks
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from botocore.eventstream import EventStreamBuffer, EventStreamMessage
+from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
 from providers.bedrock.errors import error_kind, error_type_name
 from providers.bedrock.mapping import JSON_TOOL_NAME, ConversePlan, finish_reason, usage_from
@@ -25,8 +25,13 @@ async def frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[EventStreamMessa
     buffer = EventStreamBuffer()
     async for chunk in chunks:
         buffer.add_data(chunk)
-        for message in buffer:
-            yield message
+        try:
+            for message in buffer:
+                yield message
+        except ParserError as exc:  # a bad CRC or length: the bytes were damaged on the way
+            raise ProviderError(
+                ErrorKind.INTERNAL, f"Bedrock sent a corrupt event stream ({type(exc).__name__})"
+            ) from None
 
 
 @dataclass

@@ -11,15 +11,16 @@ import orjson
 
 from providers.base import CallOptions, ProviderAdapter
 from providers.errors import ErrorKind, ProviderError
-from providers.http import request_timeout, transport_error
+from providers.http import request_timeout
 from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage, encode_embedding, new_completion_id, now_s
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
 from providers.tokens import count_messages, count_text
+from providers.translate import invalid
 from providers.vertex.auth import GoogleTokenSource
 from providers.vertex.config import VertexConfig
 from providers.vertex.errors import error_kind
-from providers.vertex.mapping import finish_reason, from_gemini, invalid, logprobs_of, parts_of, to_gemini, usage_from
+from providers.vertex.mapping import finish_reason, from_gemini, logprobs_of, parts_of, to_gemini, usage_from
 
 _EMBED_BATCH = 250  # instances per predict call on Vertex text-embedding models
 
@@ -42,29 +43,23 @@ class VertexAdapter(ProviderAdapter):
 
     async def chat(self, model: str, request: ChatRequest, options: CallOptions) -> dict[str, Any]:
         body = self._plan(request)
-        try:
+        with self.failures_as_provider_errors("Vertex"):
             async with asyncio.timeout_at(options.deadline):
                 response = await self._post(f"{model}:generateContent", body, options, streaming=False)
-            answer = self._json(response.content)
+            answer = self.parse_json(response.content, "Vertex")
             return from_gemini(answer, model=model, completion_id=_completion_id(answer), created=now_s())
-        except TimeoutError:
-            raise self.error(ErrorKind.TIMEOUT, "Vertex did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise self.error(*transport_error(exc)) from None
-        except ProviderError as exc:
-            raise self._own(exc) from None
 
     async def stream(self, model: str, request: ChatRequest, options: CallOptions) -> AsyncIterator[StreamChunk]:
         body = self._plan(request)
         first_deadline = first_token_deadline(options)
         state = _StreamState(model=model, created=now_s())
-        try:
+        with self.failures_as_provider_errors("Vertex"):
             async with asyncio.timeout_at(first_deadline):
                 response = await self._post(f"{model}:streamGenerateContent?alt=sse", body, options, streaming=True)
             try:
                 events = within_limits(iter_sse_events(response.aiter_bytes()), options, first_deadline)
                 async for event in events:
-                    answer = self._json(event.data)
+                    answer = self.parse_json(event.data, "Vertex")
                     if answer.get("error"):
                         raise self._error_from_status(answer["error"], http_status=None)
                     for chunk in state.chunks(answer):
@@ -73,12 +68,6 @@ class VertexAdapter(ProviderAdapter):
                 await response.aclose()
             if not state.finished:
                 raise self.error(ErrorKind.INTERNAL, "Vertex ended the stream before it finished")
-        except TimeoutError as exc:
-            raise self.error(ErrorKind.TIMEOUT, f"Vertex sent {exc}" if str(exc) else "Vertex timed out") from None
-        except httpx.HTTPError as exc:
-            raise self.error(*transport_error(exc)) from None
-        except ProviderError as exc:
-            raise self._own(exc) from None
         usage = state.usage
         if usage is None:
             usage = Usage(
@@ -92,7 +81,7 @@ class VertexAdapter(ProviderAdapter):
         try:
             return to_gemini(request.params, self.config.schema_format).body
         except ProviderError as exc:
-            raise self._own(exc) from None
+            raise self.own(exc) from None
 
     # --- embeddings ----------------------------------------------------------------------------------
 
@@ -100,10 +89,10 @@ class VertexAdapter(ProviderAdapter):
         params = request.params
         texts = params.inputs()
         if not all(isinstance(text, str) for text in texts):
-            raise self._own(invalid("Vertex embedding models take text, not token arrays.", "input"))
+            raise self.own(invalid("Vertex embedding models take text, not token arrays.", "input"))
         vectors: list[list[float]] = []
         tokens = 0
-        try:
+        with self.failures_as_provider_errors("Vertex"):
             async with asyncio.timeout_at(options.deadline):
                 for start in range(0, len(texts), _EMBED_BATCH):
                     body: dict[str, Any] = {
@@ -111,17 +100,12 @@ class VertexAdapter(ProviderAdapter):
                     }
                     if params.dimensions is not None:
                         body["parameters"] = {"outputDimensionality": params.dimensions}
-                    answer = self._json((await self._post(f"{model}:predict", body, options, streaming=False)).content)
+                    response = await self._post(f"{model}:predict", body, options, streaming=False)
+                    answer = self.parse_json(response.content, "Vertex")
                     for prediction in answer.get("predictions") or ():
                         embeddings = prediction.get("embeddings") or {}
                         vectors.append(embeddings.get("values") or [])
                         tokens += int((embeddings.get("statistics") or {}).get("token_count") or 0)
-        except TimeoutError:
-            raise self.error(ErrorKind.TIMEOUT, "Vertex did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise self.error(*transport_error(exc)) from None
-        except ProviderError as exc:
-            raise self._own(exc) from None
         if len(vectors) != len(texts):
             raise self.error(ErrorKind.INTERNAL, f"Vertex returned {len(vectors)} embeddings for {len(texts)} inputs")
         data = [
@@ -186,20 +170,6 @@ class VertexAdapter(ProviderAdapter):
             message = f"Google refused the credentials of provider '{self.name}': {message}"
         # `code` is for OpenAI-style codes; the google.rpc status stays in the message.
         return self.error(kind, f"{rpc_status}: {message}" if rpc_status else message, status=code)
-
-    def _json(self, content: bytes) -> dict[str, Any]:
-        try:
-            answer = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            raise self.error(ErrorKind.INTERNAL, "Vertex sent malformed JSON", status=200) from None
-        if not isinstance(answer, dict):
-            raise self.error(ErrorKind.INTERNAL, "Vertex's answer is not a JSON object", status=200)
-        return answer
-
-    def _own(self, error: ProviderError) -> ProviderError:
-        error.provider = error.provider or self.name
-        error.message = self.scrub(error.message)
-        return error
 
 
 def _completion_id(answer: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from providers.errors import ErrorKind
+from providers.errors import ErrorKind, kind_for_status
 
 _BY_STATUS: dict[str, ErrorKind] = {
     "RESOURCE_EXHAUSTED": ErrorKind.RATE_LIMITED,
@@ -33,16 +33,4 @@ def error_kind(http_status: int | None, rpc_status: str, message: str) -> ErrorK
         return ErrorKind.INVALID_REQUEST
     if rpc_status in _BY_STATUS:
         return _BY_STATUS[rpc_status]
-    if http_status == 429:
-        return ErrorKind.RATE_LIMITED
-    if http_status in (401, 403):
-        return ErrorKind.AUTH
-    if http_status == 404:
-        return ErrorKind.NOT_FOUND
-    if http_status in (408, 504):
-        return ErrorKind.TIMEOUT
-    if http_status in (502, 503):
-        return ErrorKind.UNAVAILABLE
-    if http_status is not None and 400 <= http_status < 500:
-        return ErrorKind.INVALID_REQUEST
-    return ErrorKind.INTERNAL
+    return kind_for_status(http_status)

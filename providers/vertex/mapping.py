@@ -10,15 +10,12 @@ clients echo back unchanged. Facts from the Vertex AI REST reference and google-
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from providers.errors import ErrorKind, ProviderError
 from providers.schema import (
     AssistantMessage,
     ChatCompletionRequest,
@@ -30,11 +27,11 @@ from providers.schema import (
     NamedToolChoice,
     SystemMessage,
     TextPart,
-    ToolCall,
     ToolMessage,
     Usage,
     UserMessage,
 )
+from providers.translate import data_url, function_arguments, invalid, text_of
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -69,10 +66,6 @@ _SCHEMA_KEYS = {
 }
 
 
-def invalid(message: str, param: str | None = None) -> ProviderError:
-    return ProviderError(ErrorKind.INVALID_REQUEST, message, param=param)
-
-
 @dataclass(slots=True)
 class GeminiPlan:
     body: dict[str, Any]
@@ -93,30 +86,20 @@ def to_gemini(params: ChatCompletionRequest, schema_format: str) -> GeminiPlan:
 
     for index, message in enumerate(params.messages):
         if isinstance(message, SystemMessage | DeveloperMessage):
-            text = _text_of(message.content)
+            text = text_of(message.content)
             if text:
                 system.append({"text": text})
         elif isinstance(message, UserMessage):
             add("user", _user_parts(message, index))
         elif isinstance(message, AssistantMessage):
             parts: list[dict[str, Any]] = []
-            text = _text_of(message.content)
+            text = text_of(message.content)
             if text:
                 parts.append({"text": text})
             for position, call in enumerate(message.tool_calls or ()):
-                if not isinstance(call, ToolCall):
-                    raise invalid(
-                        "Custom tool calls are not supported for Vertex.", f"messages[{index}].tool_calls[{position}]"
-                    )
-                call_names[call.id] = call.function.name
-                try:
-                    arguments = orjson.loads(call.function.arguments or "{}")
-                except orjson.JSONDecodeError:
-                    raise invalid(
-                        "Tool-call arguments must be a JSON object.",
-                        f"messages[{index}].tool_calls[{position}].function.arguments",
-                    ) from None
-                part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": arguments}}
+                arguments = function_arguments(call, f"messages[{index}].tool_calls[{position}]", "Vertex")
+                call_names[call.id] = call.function.name  # type: ignore[union-attr]
+                part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": arguments}}  # type: ignore[union-attr]
                 signature = thought_signature(call.id)
                 if signature:
                     part["thoughtSignature"] = signature
@@ -148,14 +131,6 @@ def to_gemini(params: ChatCompletionRequest, schema_format: str) -> GeminiPlan:
     return GeminiPlan(body)
 
 
-def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.text for part in content if isinstance(part, TextPart))
-
-
 def _user_parts(message: UserMessage, index: int) -> list[dict[str, Any]]:
     if isinstance(message.content, str):
         return [{"text": message.content}] if message.content else []
@@ -184,21 +159,13 @@ def _image(url: str, param: str) -> dict[str, Any]:
             "webp": "image/webp",
         }.get(extension, "image/jpeg")
         return {"fileData": {"mimeType": mime, "fileUri": url}}
-    if not url.startswith("data:"):
-        raise invalid("Vertex needs images as base64 data: URLs or gs:// URIs.", param)
-    header, _, data = url.partition(",")
-    if ";base64" not in header:
-        raise invalid("Image data: URLs must be base64-encoded.", param)
-    try:
-        base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid("The image's base64 data is not valid.", param) from None
-    return {"inlineData": {"mimeType": header[5:].split(";", 1)[0], "data": data}}
+    media_type, data = data_url(url, param, "Vertex (or gs:// URIs)")
+    return {"inlineData": {"mimeType": media_type, "data": data}}
 
 
 def _tool_response(content: Any) -> dict[str, Any]:
     """Gemini wants an object: a JSON object result goes as it is, anything else under `result`."""
-    text = _text_of(content)
+    text = text_of(content)
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -42,6 +42,7 @@ from starlette.routing import Route
 from starlette.types import Send
 
 from tests.fakes.aws_eventstream import event_frame, exception_frame, json_payload
+from tests.fakes.common import sleep_unless_disconnected
 
 DEFAULT_TEXT = "Hello from the fake Bedrock."
 DEFAULT_CREDENTIALS: Mapping[str, str] = {"AKIDFAKE": "fake-secret"}
@@ -263,7 +264,7 @@ class FakeBedrock:
                 message = behaviour.message or DEFAULT_MESSAGES.get(behaviour.error_type, "Error.")
                 raise _BedrockError(behaviour.status, behaviour.error_type, message)
             if isinstance(behaviour, Hang):
-                if await _sleep_unless_disconnected(request, behaviour.seconds):
+                if await sleep_unless_disconnected(request, behaviour.seconds):
                     return Response(b"", 499)  # nobody is listening; uvicorn drops it
                 behaviour = Reply()
             if operation == "invoke":
@@ -274,7 +275,7 @@ class FakeBedrock:
                 frames = self._guarded(_stream_frames(req, model_id, behaviour, started))
                 return _EventStreamResponse(frames, headers=_headers())  # type: ignore[arg-type]  # None = cut
             reply = behaviour if isinstance(behaviour, Reply) else Reply()
-            if await _sleep_unless_disconnected(request, reply.delay_s):
+            if await sleep_unless_disconnected(request, reply.delay_s):
                 return Response(b"", 499)
             return _json(200, _converse_response(req, model_id, reply, started))
         except _BedrockError as error:
@@ -284,7 +285,7 @@ class FakeBedrock:
         self, request: Request, model_id: str, req: dict[str, Any], behaviour: Behaviour, started: float
     ) -> Response:
         reply = behaviour if isinstance(behaviour, Reply) else Reply()
-        if await _sleep_unless_disconnected(request, reply.delay_s):
+        if await sleep_unless_disconnected(request, reply.delay_s):
             return Response(b"", 499)
         if "titan-embed" in model_id:
             body, tokens = _titan_embedding(model_id, req)
@@ -765,23 +766,6 @@ def _tool_use_id() -> str:
 
 def _latency_ms(started: float) -> int:
     return max(1, int((time.monotonic() - started) * 1000))
-
-
-async def _sleep_unless_disconnected(request: Request, seconds: float) -> bool:
-    """Sleep, but stop as soon as the client goes away (so server shutdown never waits on us)."""
-    if seconds <= 0:
-        return False
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        done, _ = await asyncio.wait({watcher}, timeout=seconds)
-    finally:
-        watcher.cancel()
-    return bool(done)
 
 
 def _headers(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -33,6 +33,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Send
 
+from tests.fakes.common import sleep_unless_disconnected
+
 DEFAULT_CONTENT = "Hello from the fake upstream."
 SYSTEM_FINGERPRINT = "fp_fake0000000"
 EMBEDDING_DIMS = 8
@@ -161,7 +163,7 @@ class FakeOpenAI:
         if isinstance(behaviour, Malformed):
             return behaviour, Response(b'{"id": "chatcmpl-x", "choices": [', 200, _headers(), "application/json")
         if isinstance(behaviour, Hang):
-            if await _sleep_unless_disconnected(request, behaviour.seconds):
+            if await sleep_unless_disconnected(request, behaviour.seconds):
                 self.client_gone.set()
                 return behaviour, Response(b"", 499)  # nobody is listening; uvicorn drops it
             return Reply(), None
@@ -180,7 +182,7 @@ class FakeOpenAI:
         assert isinstance(behaviour, Reply)
         if req.get("stream"):
             return _SSEResponse(self._guarded(_reply_frames(req, behaviour)), headers=_headers())
-        if await _sleep_unless_disconnected(request, behaviour.delay_s):
+        if await sleep_unless_disconnected(request, behaviour.delay_s):
             self.client_gone.set()
             return Response(b"", 499)
         return _json(200, _completion(req, behaviour))
@@ -190,7 +192,7 @@ class FakeOpenAI:
         behaviour, early = await self._common(request, body)
         if early is not None:
             return early
-        if isinstance(behaviour, Reply) and await _sleep_unless_disconnected(request, behaviour.delay_s):
+        if isinstance(behaviour, Reply) and await sleep_unless_disconnected(request, behaviour.delay_s):
             return Response(b"", 499)
         return _json(200, _embedding_response(body if isinstance(body, dict) else {}))
 
@@ -516,23 +518,6 @@ def _error_response(error: Error, model: str) -> Response:
     else:
         body = error.body if error.body is not None else _error_envelope(error.status, model)
     return _json(error.status, body, headers)
-
-
-async def _sleep_unless_disconnected(request: Request, seconds: float) -> bool:
-    """Sleep, but stop as soon as the client goes away (so server shutdown never waits on us)."""
-    if seconds <= 0:
-        return False
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        done, _ = await asyncio.wait({watcher}, timeout=seconds)
-    finally:
-        watcher.cancel()
-    return bool(done)
 
 
 def _headers(extra: dict[str, str] | None = None) -> dict[str, str]:

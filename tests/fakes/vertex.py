@@ -46,6 +46,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Send
 
+from tests.fakes.common import sleep_unless_disconnected
 from tests.support.server import ServerThread, free_port
 
 DEFAULT_TEXT = "Hello from the fake Vertex."
@@ -462,7 +463,7 @@ class FakeVertex:
         if isinstance(behaviour, Error):
             return _error_response(behaviour, call)
         if isinstance(behaviour, Hang):
-            if await _sleep_unless_disconnected(request, behaviour.seconds):
+            if await sleep_unless_disconnected(request, behaviour.seconds):
                 return Response(b"", 499)  # nobody is listening; uvicorn drops it
             behaviour = Reply()
         if isinstance(behaviour, CutStream):
@@ -472,7 +473,7 @@ class FakeVertex:
             whole = _dumps(_generate_response(req, Reply(), call) if action != "predict" else _predict_response(req))
             return _StreamResponse(self._guarded(_truncated(whole)), call, media_type=_JSON)
         if action == "predict":
-            if await _sleep_unless_disconnected(request, behaviour.delay_s):
+            if await sleep_unless_disconnected(request, behaviour.delay_s):
                 return Response(b"", 499)
             return _json(200, _predict_response(req))
         declared = _declared_functions(req)
@@ -488,7 +489,7 @@ class FakeVertex:
             events = _stream_events(req, behaviour, call)
             frames = _frames(events, call.sse, delay_s=behaviour.delay_s, chunk_delay_s=behaviour.chunk_delay_s)
             return _StreamResponse(self._guarded(frames), call)
-        if await _sleep_unless_disconnected(request, behaviour.delay_s):
+        if await sleep_unless_disconnected(request, behaviour.delay_s):
             return Response(b"", 499)
         return _json(200, _generate_response(req, behaviour, call))
 
@@ -885,23 +886,6 @@ def _fill(message: str, call: _Call) -> str:
     for key in ("project", "location", "model"):
         message = message.replace("{" + key + "}", getattr(call, key))
     return message
-
-
-async def _sleep_unless_disconnected(request: Request, seconds: float) -> bool:
-    """Sleep, but stop as soon as the client goes away (so server shutdown never waits on us)."""
-    if seconds <= 0:
-        return False
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        done, _ = await asyncio.wait({watcher}, timeout=seconds)
-    finally:
-        watcher.cancel()
-    return bool(done)
 
 
 def _get(obj: Any, *names: str) -> Any:

@@ -1,0 +1,60 @@
+"""Helpers for adapters that translate OpenAI requests into another wire format (Bedrock, Vertex, ...).
+
+Each rejects what its provider cannot take with an `invalid_request` error naming the OpenAI `param`,
+so the client learns which part of its request to change.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+
+from providers.errors import ErrorKind, ProviderError
+from providers.schema import TextPart, ToolCall
+
+
+def invalid(message: str, param: str | None = None) -> ProviderError:
+    return ProviderError(ErrorKind.INVALID_REQUEST, message, param=param)
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list (other parts skipped)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content if isinstance(part, TextPart))
+
+
+def data_url(url: str, param: str, provider: str) -> tuple[str, str]:
+    """(media type, base64 data) of a `data:` URL, checked.
+
+    Images are never fetched from other URLs on a client's behalf: that would let any client make the
+    gateway reach hosts on its private network.
+    """
+    if not url.startswith("data:"):
+        raise invalid(f"{provider} needs images inline, as base64 data: URLs.", param)
+    header, _, data = url.partition(",")
+    if ";base64" not in header:
+        raise invalid("Image data: URLs must be base64-encoded.", param)
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid("The image's base64 data is not valid.", param) from None
+    return header[5:].split(";", 1)[0].lower(), data
+
+
+def function_arguments(call: Any, param: str, provider: str) -> dict[str, Any]:
+    """A function tool call's arguments as the object the provider wants (OpenAI sends a JSON string)."""
+    if not isinstance(call, ToolCall):
+        raise invalid(f"Custom tool calls are not supported for {provider}.", param)
+    try:
+        arguments = orjson.loads(call.function.arguments or "{}")
+    except orjson.JSONDecodeError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise invalid("Tool-call arguments must be a JSON object.", f"{param}.function.arguments")
+    return arguments
