@@ -19,9 +19,9 @@ from pydantic import Field, SecretStr
 from providers.base import CallOptions, ProviderAdapter, ProviderConfigBase
 from providers.errors import ErrorKind, ProviderError, kind_for_status
 from providers.http import parse_retry_after, request_timeout, transport_error
-from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage
+from providers.schema import ChatRequest, EmbedRequest, StreamChunk
 from providers.streaming import first_token_deadline, within_limits
-from providers.tokens import count_messages, count_text
+from providers.tokens import estimate_usage
 
 
 class OpenAICompatibleConfig(ProviderConfigBase):
@@ -149,11 +149,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         if not saw_usage:
             # The upstream gave no usage (stream_usage off, or it ignores stream_options): count it
             # ourselves rather than account the call at zero.
-            usage = Usage(
-                prompt_tokens=count_messages(request.body["messages"]),
-                completion_tokens=count_text("".join(text_parts)),
-                estimated=True,
-            )
+            usage = estimate_usage(request.body["messages"], text_parts)
             head = first_chunk or {}
             yield StreamChunk(
                 {

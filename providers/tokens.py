@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import tiktoken
 
+    from providers.schema import Usage
+
 VENDORED_CACHE_DIR = Path(__file__).parent / "tiktoken_cache"
 DEFAULT_ENCODING = "o200k_base"
 
@@ -70,3 +72,15 @@ def count_messages(messages: list[dict[str, Any]], encoding_name: str = DEFAULT_
             total += count_text(function.get("name", ""), encoding_name)
             total += count_text(function.get("arguments", ""), encoding_name)
     return total
+
+
+def estimate_usage(messages: list[dict[str, Any]], completion_parts: list[str]) -> Usage:
+    """Usage counted here, for a completed stream whose provider reported none: better an estimate,
+    marked as one, than a call accounted at zero."""
+    from providers.schema import Usage
+
+    return Usage(
+        prompt_tokens=count_messages(messages),
+        completion_tokens=count_text("".join(completion_parts)),
+        estimated=True,
+    )

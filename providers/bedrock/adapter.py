@@ -18,9 +18,9 @@ from providers.bedrock.mapping import ConversePlan, from_converse, to_converse
 from providers.bedrock.stream import ChunkBuilder, frames, incomplete_stream_error
 from providers.errors import ErrorKind, ProviderError
 from providers.http import request_timeout
-from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage, encode_embedding, new_completion_id, now_s
+from providers.schema import ChatRequest, EmbedRequest, StreamChunk, encode_embedding, new_completion_id, now_s
 from providers.streaming import first_token_deadline, within_limits
-from providers.tokens import count_messages, count_text
+from providers.tokens import count_text, estimate_usage
 from providers.translate import invalid
 
 _COHERE_BATCH = 96  # texts per Cohere embed call on Bedrock
@@ -66,11 +66,7 @@ class BedrockAdapter(ProviderAdapter):
             if builder.stop_reason is None:
                 raise incomplete_stream_error()
         if builder.usage is None:  # the metadata event never came: count, rather than record zero
-            usage = Usage(
-                prompt_tokens=count_messages(request.body["messages"]),
-                completion_tokens=count_text("".join(builder.text_parts)),
-                estimated=True,
-            )
+            usage = estimate_usage(request.body["messages"], builder.text_parts)
             yield builder.usage_chunk(usage)
 
     def _plan(self, request: ChatRequest) -> ConversePlan:

@@ -15,7 +15,7 @@ from providers.http import request_timeout
 from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage, encode_embedding, new_completion_id, now_s
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
-from providers.tokens import count_messages, count_text
+from providers.tokens import estimate_usage
 from providers.translate import invalid
 from providers.vertex.auth import GoogleTokenSource
 from providers.vertex.config import VertexConfig
@@ -70,11 +70,7 @@ class VertexAdapter(ProviderAdapter):
                 raise self.error(ErrorKind.INTERNAL, "Vertex ended the stream before it finished")
         usage = state.usage
         if usage is None:
-            usage = Usage(
-                prompt_tokens=count_messages(request.body["messages"]),
-                completion_tokens=count_text("".join(state.text_parts)),
-                estimated=True,
-            )
+            usage = estimate_usage(request.body["messages"], state.text_parts)
         yield state.chunk([], usage=usage.to_openai())
 
     def _plan(self, request: ChatRequest) -> dict[str, Any]:
