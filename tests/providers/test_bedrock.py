@@ -311,3 +311,13 @@ models:
     assert response.status_code == 200, response.text
     assert fake.requests[-1].access_key == "AKIDSESSION"
     assert fake.requests[-1].headers["x-amz-security-token"] == "the-session-token"
+
+
+def test_prompt_cache_tokens_count_as_prompt_tokens_and_are_reported(rig: Rig) -> None:
+    rig.fake.script(Reply(cache_read_tokens=40, cache_write_tokens=12))
+    raw = httpx.post(rig.url + "/v1/chat/completions", json={"model": "claude", "messages": MESSAGES}).json()
+    usage = raw["usage"]
+    bedrock_usage = rig.fake.requests[-1]  # the fake computed inputTokens from the prompt alone
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 40, "cache_write_tokens": 12}
+    assert usage["prompt_tokens"] >= 52 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert bedrock_usage.operation == "converse"

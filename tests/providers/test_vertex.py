@@ -299,3 +299,19 @@ models:
             fake.revoke_tokens()  # ...revoked early: one 401, one refresh, then success
             assert sdk.chat.completions.create(model="gemini", messages=MESSAGES).choices  # type: ignore[arg-type]
             assert fake.auth_failures == 1
+
+
+def test_application_default_credentials(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`adc: true` takes whatever google.auth.default() finds; here GOOGLE_APPLICATION_CREDENTIALS."""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(rig.key_file))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    config = f"""
+providers:
+  vertex: {{type: vertex, project: fake-project, location: us-central1, endpoint_url: '{rig.fake.url}', adc: true}}
+models:
+  gemini: {{deployments: [{{provider: vertex, model: gemini-2.5-flash}}]}}
+"""
+    with serve_gateway(config) as url:
+        response = httpx.post(url + "/v1/chat/completions", json={"model": "gemini", "messages": MESSAGES})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == DEFAULT_TEXT
