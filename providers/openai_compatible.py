@@ -1,9 +1,10 @@
-"""Adapter for any OpenAI-compatible upstream: OpenAI, Together, Groq, Mistral's compatible API, vLLM,
-Ollama, LM Studio...
+"""Adapter for any OpenAI-compatible upstream: OpenAI, Groq, Mistral's compatible API, vLLM, Ollama,
+LM Studio... and the base of the Azure OpenAI and Together adapters, which differ only at the edges
+(URLs, auth, a few response quirks) and override the hooks marked below.
 
 The client's JSON is forwarded with only `model` replaced, and streamed chunks are passed through as
 the upstream's own bytes: the gateway parses each chunk once (to see usage, finish reasons and errors)
-but never re-encodes it.
+but re-encodes only the chunks a hook changed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pydantic import Field, SecretStr
 
 from providers.base import CallOptions, ProviderAdapter, ProviderConfigBase
 from providers.errors import ErrorKind, ProviderError, kind_for_status
-from providers.http import parse_retry_after, request_timeout, transport_error
+from providers.http import parse_retry_after, request_timeout
 from providers.schema import ChatRequest, EmbedRequest, StreamChunk
+from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
 from providers.tokens import estimate_usage
 
@@ -41,37 +43,61 @@ class OpenAICompatibleConfig(ProviderConfigBase):
     )
 
 
-_CONTEXT_WINDOW_HINTS = ("context length", "context_length", "maximum context", "too many tokens", "prompt is too long")
-_CONTENT_FILTER_CODES = {"content_filter", "content_policy_violation", "ResponsibleAIPolicyViolation"}
+CONTEXT_WINDOW_HINTS = (
+    "context length",
+    "context_length",
+    "maximum context",
+    "too many tokens",
+    "prompt is too long",
+    "`inputs` tokens + `max_new_tokens`",  # text-generation-inference, behind Together and others
+)
+CONTENT_FILTER_CODES = {"content_filter", "content_policy_violation", "ResponsibleAIPolicyViolation"}
 
 
 class OpenAICompatibleAdapter(ProviderAdapter):
     provider_type = "openai"
     config_model = OpenAICompatibleConfig
     supports_embeddings = True
+    upstream = "upstream"  # how messages name the other side
 
-    def __init__(self, name: str, config: OpenAICompatibleConfig, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: Any, http: httpx.AsyncClient) -> None:
         super().__init__(name, config, http)
-        self._base_url = config.base_url.rstrip("/")
+        self._base_url = str(getattr(config, "base_url", "")).rstrip("/")
         headers = {"content-type": "application/json", "accept": "application/json"}
-        if config.api_key is not None:
-            headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-        if config.organization:
+        api_key = getattr(config, "api_key", None)
+        if api_key is not None:
+            headers["authorization"] = f"Bearer {api_key.get_secret_value()}"
+        if getattr(config, "organization", None):
             headers["openai-organization"] = config.organization
-        if config.project:
+        if getattr(config, "project", None):
             headers["openai-project"] = config.project
         headers.update({key.lower(): value for key, value in config.headers.items()})
         self._headers = headers
+
+    # --- hooks for providers that speak OpenAI with an accent -----------------------------------------
+
+    def url(self, operation: Literal["chat/completions", "embeddings"], model: str) -> str:
+        return f"{self._base_url}/{operation}"
+
+    async def request_headers(self) -> dict[str, str]:
+        return self._headers
+
+    def normalize_chunk(self, chunk: dict[str, Any]) -> bool:
+        """Fix a streamed chunk in place; return True when it changed (it is then re-encoded)."""
+        return False
+
+    def normalize_completion(self, completion: dict[str, Any]) -> None:
+        """Fix a complete answer in place."""
 
     # --- calls -------------------------------------------------------------------------------------
 
     async def chat(self, model: str, request: ChatRequest, options: CallOptions) -> dict[str, Any]:
         body = dict(request.body)
         body["model"] = model
-        completion = await self._post_json("/chat/completions", body, options)
+        completion = await self._post_json(self.url("chat/completions", model), body, options)
         choices = completion.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise self.error(ErrorKind.INTERNAL, "upstream answer has no choices", status=200)
+            raise self.error(ErrorKind.INTERNAL, f"{self.upstream} answer has no choices", status=200)
         for choice in choices:
             # Some compatible servers omit fields OpenAI's schema requires; clients validating against
             # it (and typed SDKs) expect them present, even when null.
@@ -79,6 +105,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             message = choice.get("message")
             if isinstance(message, dict):
                 message.setdefault("refusal", None)
+        self.normalize_completion(completion)
         return completion
 
     async def stream(self, model: str, request: ChatRequest, options: CallOptions) -> AsyncIterator[StreamChunk]:
@@ -95,18 +122,16 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         finished: set[int] = set()
         text_parts: list[str] = []
         first_chunk: dict[str, Any] | None = None
-        try:
+        with self.failures_as_provider_errors(self.upstream):
             async with asyncio.timeout_at(first_deadline):
-                response = await self.http.send(
-                    self.http.build_request(
-                        "POST",
-                        self._base_url + "/chat/completions",
-                        content=orjson.dumps(body),
-                        headers=self._headers,
-                        timeout=request_timeout(options, streaming=True),
-                    ),
-                    stream=True,
+                request_to_send = self.http.build_request(
+                    "POST",
+                    self.url("chat/completions", model),
+                    content=orjson.dumps(body),
+                    headers=await self.request_headers(),
+                    timeout=request_timeout(options, streaming=True),
                 )
+                response = await self.http.send(request_to_send, stream=True)
             try:
                 if response.status_code != 200:
                     await response.aread()
@@ -115,13 +140,13 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                     if data == b"[DONE]":
                         saw_done = True
                         break
-                    chunk = _loads(data, self)
+                    chunk = self._loads(data)
                     if not isinstance(chunk, dict):
-                        raise self.error(ErrorKind.INTERNAL, "upstream sent a chunk that is not a JSON object")
-                    if first_chunk is None:
-                        first_chunk = chunk
+                        raise self.error(ErrorKind.INTERNAL, f"{self.upstream} sent a chunk that is not a JSON object")
                     if chunk.get("error"):
                         raise self._error_from_body(chunk, status=200)
+                    if first_chunk is None and chunk.get("id"):
+                        first_chunk = chunk
                     if chunk.get("usage"):
                         saw_usage = True
                     for choice in chunk.get("choices") or ():
@@ -135,17 +160,14 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                                 text_parts.append(arguments)
                         if choice.get("finish_reason"):
                             finished.add(choice.get("index", 0))
+                    changed = self.normalize_chunk(chunk)
                     # A multi-line SSE event joins its lines with "\n": such bytes cannot be re-framed as
                     # one `data:` line, so that (rare) chunk is re-encoded instead of passed through.
-                    yield StreamChunk(chunk, raw=None if b"\n" in data else data)
+                    yield StreamChunk(chunk, raw=None if changed or b"\n" in data else data)
             finally:
                 await response.aclose()
-        except TimeoutError as exc:
-            raise self.error(ErrorKind.TIMEOUT, f"upstream sent {exc}" if str(exc) else "upstream timed out") from None
-        except httpx.HTTPError as exc:
-            raise self._error_from_transport(exc) from None
         if not saw_done and not finished:
-            raise self.error(ErrorKind.INTERNAL, "upstream ended the stream before it finished")
+            raise self.error(ErrorKind.INTERNAL, f"{self.upstream} ended the stream before it finished")
         if not saw_usage:
             # The upstream gave no usage (stream_usage off, or it ignores stream_options): count it
             # ourselves rather than account the call at zero.
@@ -165,36 +187,31 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     async def embed(self, model: str, request: EmbedRequest, options: CallOptions) -> dict[str, Any]:
         body = dict(request.body)
         body["model"] = model
-        result = await self._post_json("/embeddings", body, options)
+        result = await self._post_json(self.url("embeddings", model), body, options)
         if not isinstance(result.get("data"), list):
-            raise self.error(ErrorKind.INTERNAL, "upstream embeddings answer has no data", status=200)
+            raise self.error(ErrorKind.INTERNAL, f"{self.upstream} embeddings answer has no data", status=200)
         return result
 
     # --- plumbing ----------------------------------------------------------------------------------
 
-    async def _post_json(self, path: str, body: dict[str, Any], options: CallOptions) -> dict[str, Any]:
-        try:
+    async def _post_json(self, url: str, body: dict[str, Any], options: CallOptions) -> dict[str, Any]:
+        with self.failures_as_provider_errors(self.upstream):
             async with asyncio.timeout_at(options.deadline):
                 response = await self.http.post(
-                    self._base_url + path,
+                    url,
                     content=orjson.dumps(body),
-                    headers=self._headers,
+                    headers=await self.request_headers(),
                     timeout=request_timeout(options, streaming=False),
                 )
-        except TimeoutError:
-            raise self.error(ErrorKind.TIMEOUT, "upstream did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise self._error_from_transport(exc) from None
         if response.status_code != 200:
             raise self._error_from_response(response)
-        result = _loads(response.content, self)
-        if not isinstance(result, dict):
-            raise self.error(ErrorKind.INTERNAL, "upstream answer is not a JSON object", status=200)
-        return result
+        return self.parse_json(response.content, self.upstream)
 
-    def _error_from_transport(self, exc: httpx.HTTPError) -> ProviderError:
-        kind, message = transport_error(exc)
-        return self.error(kind, message)
+    def _loads(self, data: bytes) -> Any:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise self.error(ErrorKind.INTERNAL, f"{self.upstream} sent malformed JSON", status=200) from None
 
     def _error_from_response(self, response: httpx.Response) -> ProviderError:
         try:
@@ -209,15 +226,18 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         detail = body.get("error", body)
         if not isinstance(detail, dict):
             detail = {"message": str(detail)}
-        message = str(detail.get("message") or detail.get("detail") or f"upstream returned HTTP {status}")
+        message = str(detail.get("message") or detail.get("detail") or f"{self.upstream} returned HTTP {status}")
         code = detail.get("code")
         code = str(code) if code is not None else None
         param = detail.get("param") if isinstance(detail.get("param"), str) else None
-        kind = _kind_for(status, code, str(detail.get("type") or ""), message)
+        inner = detail.get("innererror") if isinstance(detail.get("innererror"), dict) else {}
+        error_type = str(detail.get("type") or inner.get("code") or "")
+        kind = error_kind(status, code, error_type, message)
         return self.error(kind, message, status=status, code=code, param=param)
 
 
-def _kind_for(status: int, code: str | None, error_type: str, message: str) -> ErrorKind:
+def error_kind(status: int, code: str | None, error_type: str, message: str) -> ErrorKind:
+    """OpenAI-style error bodies → kinds; shared by every adapter built on this one."""
     lowered = message.lower()
     if status == 200:  # an error event inside a stream
         if code == "rate_limit_exceeded" or "rate limit" in lowered:
@@ -229,23 +249,16 @@ def _kind_for(status: int, code: str | None, error_type: str, message: str) -> E
     if status == 429:
         return ErrorKind.RATE_LIMITED
     if status in (400, 413, 422):
-        if code == "context_length_exceeded" or any(hint in lowered for hint in _CONTEXT_WINDOW_HINTS):
+        if code == "context_length_exceeded" or any(hint.lower() in lowered for hint in CONTEXT_WINDOW_HINTS):
             return ErrorKind.CONTEXT_WINDOW
-        if code in _CONTENT_FILTER_CODES or error_type in _CONTENT_FILTER_CODES:
+        if code in CONTENT_FILTER_CODES or error_type in CONTENT_FILTER_CODES:
             return ErrorKind.CONTENT_FILTER
         return ErrorKind.INVALID_REQUEST
+    if status == 524:  # Cloudflare's "a timeout occurred", in front of several providers
+        return ErrorKind.TIMEOUT
     return kind_for_status(status)
 
 
-def _loads(data: bytes, adapter: ProviderAdapter) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise adapter.error(ErrorKind.INTERNAL, "upstream sent malformed JSON", status=200) from None
-
-
 async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
-    from providers.sse import iter_sse_events
-
     async for event in iter_sse_events(response.aiter_bytes()):
         yield event.data

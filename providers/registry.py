@@ -6,21 +6,36 @@ changes.
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Annotated
 
 from pydantic import Field
 
+from providers.anthropic import AnthropicAdapter
+from providers.azure import AzureOpenAIAdapter
 from providers.base import ProviderAdapter
-from providers.bedrock import BedrockAdapter, BedrockConfig
-from providers.mock import MockAdapter, MockProviderConfig
-from providers.openai_compatible import OpenAICompatibleAdapter, OpenAICompatibleConfig
-from providers.vertex import VertexAdapter, VertexConfig
+from providers.bedrock import BedrockAdapter
+from providers.mock import MockAdapter
+from providers.openai_compatible import OpenAICompatibleAdapter
+from providers.together import TogetherAdapter
+from providers.vertex import VertexAdapter
 
 ADAPTERS: dict[str, type[ProviderAdapter]] = {
-    adapter.provider_type: adapter for adapter in (MockAdapter, OpenAICompatibleAdapter, BedrockAdapter, VertexAdapter)
+    adapter.provider_type: adapter
+    for adapter in (
+        MockAdapter,
+        OpenAICompatibleAdapter,
+        BedrockAdapter,
+        VertexAdapter,
+        AzureOpenAIAdapter,
+        TogetherAdapter,
+        AnthropicAdapter,
+    )
 }
 
 #: The `providers.<name>` entry of the config: one model per type, chosen by its `type` field.
 ProviderConfig = Annotated[
-    MockProviderConfig | OpenAICompatibleConfig | BedrockConfig | VertexConfig, Field(discriminator="type")
+    functools.reduce(operator.or_, (adapter.config_model for adapter in ADAPTERS.values())),  # type: ignore[valid-type]
+    Field(discriminator="type"),
 ]
