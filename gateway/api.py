@@ -89,7 +89,7 @@ async def chat_completions(request: Request) -> Response:
         return error_response(from_provider_error(error), headers)
     except ClientGone:
         return CLIENT_GONE
-    return json_response(completion, headers=headers)
+    return json_response(completion, headers={**headers, **call.facts.headers()})
 
 
 @router.post("/v1/embeddings")
@@ -167,7 +167,10 @@ async def _start_stream(
             ),
             headers,
         )
-    return SSEResponse(_sse_events(request, first, chunks, call.params.wants_usage_chunk), headers)
+    # What is known once the answer has started (a cold start, for one) goes out with the headers.
+    return SSEResponse(
+        _sse_events(request, first, chunks, call.params.wants_usage_chunk), {**headers, **call.facts.headers()}
+    )
 
 
 async def _sse_events(

@@ -18,6 +18,7 @@ from providers.base import ProviderAdapter
 from providers.bedrock import BedrockAdapter
 from providers.mock import MockAdapter
 from providers.openai_compatible import OpenAICompatibleAdapter
+from providers.replicate import ReplicateAdapter
 from providers.together import TogetherAdapter
 from providers.vertex import VertexAdapter
 
@@ -31,6 +32,7 @@ ADAPTERS: dict[str, type[ProviderAdapter]] = {
         AzureOpenAIAdapter,
         TogetherAdapter,
         AnthropicAdapter,
+        ReplicateAdapter,
     )
 }
 

@@ -288,6 +288,30 @@ class ChatRequest:
 
     body: dict[str, Any]
     params: ChatCompletionRequest
+    facts: CallFacts = field(default_factory=lambda: CallFacts())
+
+
+@dataclass(slots=True)
+class CallFacts:
+    """What an adapter learnt about one call beyond the answer itself, for the edge, accounting and stats.
+
+    Providers billed by compute time (Replicate) report seconds of compute and whether the call waited
+    for a cold start: the main latency risk of scale-to-zero endpoints.
+    """
+
+    predict_time_s: float | None = None  # compute seconds billed
+    queue_time_s: float | None = None  # waiting to start (cold boot or queue)
+    cold_start: bool | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {}
+        if self.cold_start is not None:
+            headers["x-gateway-cold-start"] = "true" if self.cold_start else "false"
+        if self.queue_time_s is not None:
+            headers["x-gateway-queue-time"] = f"{self.queue_time_s:.3f}"
+        if self.predict_time_s is not None:
+            headers["x-gateway-predict-time"] = f"{self.predict_time_s:.3f}"
+        return headers
 
 
 @dataclass(slots=True)
