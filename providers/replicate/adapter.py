@@ -214,6 +214,24 @@ class ReplicateAdapter(ProviderAdapter):
     async def _create(
         self, model: str, model_input: dict[str, Any], options: CallOptions, *, stream: bool
     ) -> dict[str, Any]:
+        """Create a prediction. If the caller is cancelled meanwhile (its client left), the creation still
+        completes in the background, and the prediction it made is then cancelled: with `Prefer: wait` the
+        create call can take seconds, and a prediction nobody cancels keeps running, and billing."""
+        creation = asyncio.ensure_future(self._send_create(model, model_input, options, stream=stream))
+        try:
+            return await asyncio.shield(creation)
+        except asyncio.CancelledError:
+
+            def cancel_what_was_made(task: asyncio.Task[dict[str, Any]]) -> None:
+                if not task.cancelled() and task.exception() is None:
+                    self._cancel_soon(task.result())
+
+            creation.add_done_callback(cancel_what_was_made)
+            raise
+
+    async def _send_create(
+        self, model: str, model_input: dict[str, Any], options: CallOptions, *, stream: bool
+    ) -> dict[str, Any]:
         url, extra = self._create_url(model)
         headers = self._headers if stream else {**self._headers, "prefer": f"wait={self.config.wait_s}"}
         body = {**extra, "input": model_input, **({"stream": True} if stream else {})}
