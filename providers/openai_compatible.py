@@ -89,6 +89,14 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     def normalize_completion(self, completion: dict[str, Any]) -> None:
         """Fix a complete answer in place."""
 
+    def keep_chunk(self, chunk: dict[str, Any]) -> bool:
+        """Whether a streamed chunk goes to the client at all (some upstreams send annotation-only chunks)."""
+        return True
+
+    async def refresh_credentials(self) -> bool:
+        """After a 401: renew the credentials if they can be renewed, and say whether a retry is worth it."""
+        return False
+
     # --- calls -------------------------------------------------------------------------------------
 
     async def chat(self, model: str, request: ChatRequest, options: CallOptions) -> dict[str, Any]:
@@ -123,15 +131,20 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         text_parts: list[str] = []
         first_chunk: dict[str, Any] | None = None
         with self.failures_as_provider_errors(self.upstream):
+            content = orjson.dumps(body)
             async with asyncio.timeout_at(first_deadline):
-                request_to_send = self.http.build_request(
-                    "POST",
-                    self.url("chat/completions", model),
-                    content=orjson.dumps(body),
-                    headers=await self.request_headers(),
-                    timeout=request_timeout(options, streaming=True),
-                )
-                response = await self.http.send(request_to_send, stream=True)
+                for attempt in (1, 2):
+                    request_to_send = self.http.build_request(
+                        "POST",
+                        self.url("chat/completions", model),
+                        content=content,
+                        headers=await self.request_headers(),
+                        timeout=request_timeout(options, streaming=True),
+                    )
+                    response = await self.http.send(request_to_send, stream=True)
+                    if not (response.status_code == 401 and attempt == 1 and await self.refresh_credentials()):
+                        break
+                    await response.aclose()
             try:
                 if response.status_code != 200:
                     await response.aread()
@@ -160,6 +173,8 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                                 text_parts.append(arguments)
                         if choice.get("finish_reason"):
                             finished.add(choice.get("index", 0))
+                    if not self.keep_chunk(chunk):
+                        continue
                     changed = self.normalize_chunk(chunk)
                     # A multi-line SSE event joins its lines with "\n": such bytes cannot be re-framed as
                     # one `data:` line, so that (rare) chunk is re-encoded instead of passed through.
@@ -195,14 +210,18 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     # --- plumbing ----------------------------------------------------------------------------------
 
     async def _post_json(self, url: str, body: dict[str, Any], options: CallOptions) -> dict[str, Any]:
+        content = orjson.dumps(body)
         with self.failures_as_provider_errors(self.upstream):
             async with asyncio.timeout_at(options.deadline):
-                response = await self.http.post(
-                    url,
-                    content=orjson.dumps(body),
-                    headers=await self.request_headers(),
-                    timeout=request_timeout(options, streaming=False),
-                )
+                for attempt in (1, 2):
+                    response = await self.http.post(
+                        url,
+                        content=content,
+                        headers=await self.request_headers(),
+                        timeout=request_timeout(options, streaming=False),
+                    )
+                    if not (response.status_code == 401 and attempt == 1 and await self.refresh_credentials()):
+                        break
         if response.status_code != 200:
             raise self._error_from_response(response)
         return self.parse_json(response.content, self.upstream)

@@ -51,6 +51,17 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
             ) from None
         return {**self._headers, "authorization": f"Bearer {token}"}
 
+    async def refresh_credentials(self) -> bool:
+        if self._entra is None:
+            return False  # a wrong API key stays wrong
+        self._entra.invalidate()  # a token revoked or expired early: fetch a new one, once
+        return True
+
+    def keep_chunk(self, chunk: dict[str, Any]) -> bool:
+        # Azure opens streams with a chunk carrying only the prompt's content-filter results (empty id,
+        # model and object): not an OpenAI chunk, and nothing an OpenAI client can use.
+        return bool(chunk.get("choices") or chunk.get("usage"))
+
     def normalize_completion(self, completion: dict[str, Any]) -> None:
         if not completion.get("model"):
             completion["model"] = ""  # some API versions omit it; OpenAI's schema requires the key

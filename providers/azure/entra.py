@@ -37,6 +37,9 @@ class EntraTokenSource:
         assert self._token is not None
         return self._token
 
+    def invalidate(self) -> None:
+        self._token = None
+
     async def _refresh(self) -> None:
         creds = self._credentials
         url = f"{creds.authority.rstrip('/')}/{creds.tenant_id}/oauth2/v2.0/token"

@@ -24,7 +24,7 @@ import uuid
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -110,20 +110,27 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # lower-cased names
     json: Any  # parsed body, or None when absent or not JSON
+    query: dict[str, str] = field(default_factory=dict)
 
 
 # --- the fake -----------------------------------------------------------------------------------
 
 
 class FakeOpenAI:
-    """OpenAI-compatible upstream serving chat completions, embeddings and models."""
+    """OpenAI-compatible upstream serving chat completions, embeddings and models.
+
+    Fakes of OpenAI-compatible providers (tests/fakes/azure.py, together.py) subclass it: they serve
+    their own routes, gate them (auth, unknown model), then call `_chat_reply`/`_embeddings_reply`, and
+    override the hooks `_apply` (their own behaviours), `_shape_completion` and `_shape_stream` (their
+    dialect of the OpenAI bodies) and `_new_record`.
+    """
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
         self.stream_cancelled = threading.Event()
         self.client_gone = threading.Event()  # the caller hung up while a reply was being delayed
         self.stream_finished = threading.Event()
-        self._queue: deque[Behaviour] = deque()
+        self._queue: deque[object] = deque()  # subclasses queue their own behaviours too
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -138,9 +145,17 @@ class FakeOpenAI:
         with self._lock:
             self._queue.extend(behaviours)
 
+    def reset(self) -> None:
+        """Forget requests, script and stream events, keeping the app (for one fake shared by a module)."""
+        with self._lock:
+            self.requests.clear()
+            self._queue.clear()
+        for event in (self.stream_cancelled, self.client_gone, self.stream_finished):
+            event.clear()
+
     # -- plumbing --
 
-    def _next(self) -> Behaviour:
+    def _next(self) -> object:
         with self._lock:
             return self._queue.popleft() if self._queue else Reply()
 
@@ -150,13 +165,20 @@ class FakeOpenAI:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
-        self.requests.append(RecordedRequest(request.method, request.url.path, headers, body))
+        self.requests.append(self._new_record(request, body))
         return body
 
+    def _new_record(self, request: Request, body: Any) -> RecordedRequest:
+        """Hook: subclasses record more (e.g. Azure's deployment) by returning a RecordedRequest subclass."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+        return RecordedRequest(request.method, request.url.path, headers, body, dict(request.query_params))
+
     async def _common(self, request: Request, body: Any) -> tuple[Behaviour, Response | None]:
-        """Apply the behaviours that look the same on every endpoint; None means "build a reply"."""
-        behaviour = self._next()
+        """Pop the next behaviour and apply it; None means "build a reply" from the returned behaviour."""
+        return await self._apply(request, self._next(), body)
+
+    async def _apply(self, request: Request, behaviour: object, body: Any) -> tuple[Behaviour, Response | None]:
+        """Apply the behaviours that look the same on every endpoint (hook: subclasses add their own)."""
         model = _model(body, "gpt-4o-mini")
         if isinstance(behaviour, Error):
             return behaviour, _error_response(behaviour, model)
@@ -167,28 +189,46 @@ class FakeOpenAI:
                 self.client_gone.set()
                 return behaviour, Response(b"", 499)  # nobody is listening; uvicorn drops it
             return Reply(), None
-        return behaviour, None
+        if isinstance(behaviour, Reply | StreamChunks):
+            return behaviour, None
+        raise TypeError(f"{type(self).__name__} does not know the behaviour {behaviour!r}")
+
+    def _shape_completion(self, completion: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+        """Hook for OpenAI-compatible dialects: the non-streamed chat body as it goes on the wire."""
+        return completion
+
+    def _shape_stream(self, frames: AsyncIterator[bytes | None], req: dict[str, Any]) -> AsyncIterator[bytes | None]:
+        """Hook for dialects: the SSE frames as they go on the wire (`None` drops the connection)."""
+        return frames
 
     # -- endpoints --
 
     async def _chat(self, request: Request) -> Response:
-        body = await self._record(request)
+        return await self._chat_reply(request, await self._record(request))
+
+    async def _chat_reply(self, request: Request, body: Any) -> Response:
+        """Chat completions for an already recorded (and, in subclasses, already authorised) request."""
         behaviour, early = await self._common(request, body)
         if early is not None:
             return early
         req = body if isinstance(body, dict) else {}
         if isinstance(behaviour, StreamChunks):
-            return _SSEResponse(self._guarded(_stream_chunks_frames(req, behaviour)), headers=_headers())
+            frames = self._shape_stream(_stream_chunks_frames(req, behaviour), req)
+            return _SSEResponse(self._guarded(frames), headers=_headers())
         assert isinstance(behaviour, Reply)
         if req.get("stream"):
-            return _SSEResponse(self._guarded(_reply_frames(req, behaviour)), headers=_headers())
+            frames = self._shape_stream(_reply_frames(req, behaviour), req)
+            return _SSEResponse(self._guarded(frames), headers=_headers())
         if await sleep_unless_disconnected(request, behaviour.delay_s):
             self.client_gone.set()
             return Response(b"", 499)
-        return _json(200, _completion(req, behaviour))
+        return _json(200, self._shape_completion(_completion(req, behaviour), req))
 
     async def _embeddings(self, request: Request) -> Response:
-        body = await self._record(request)
+        return await self._embeddings_reply(request, await self._record(request))
+
+    async def _embeddings_reply(self, request: Request, body: Any) -> Response:
+        """Embeddings for an already recorded (and, in subclasses, already authorised) request."""
         behaviour, early = await self._common(request, body)
         if early is not None:
             return early
@@ -533,6 +573,14 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n\n"
+
+
+def _sse_json(frame: bytes | None) -> dict[str, Any] | None:
+    """The object in a `data: {...}` frame made by `_sse` (for dialect hooks); None for `[DONE]` and drops."""
+    if frame is None or not frame.startswith(b"data: {"):
+        return None
+    parsed: dict[str, Any] = json.loads(frame[len(b"data: ") :])
+    return parsed
 
 
 def _padding(seed: str, count: int) -> str:
