@@ -58,6 +58,7 @@ models:
   az-v1: {{deployments: [{{provider: azure-v1, model: gpt-4o-mini}}]}}
   az-entra: {{deployments: [{{provider: azure-entra, model: gpt-4o-mini}}]}}
   az-embed: {{mode: embeddings, deployments: [{{provider: azure, model: text-embedding-3-small}}]}}
+  bge: {{mode: embeddings, deployments: [{{provider: together, model: BAAI/bge-large-en-v1.5}}]}}
   llama: {{deployments: [{{provider: together, model: '{TOGETHER_MODEL}',
                          timeouts: {{first_token_s: 1, total_s: 3}}}}]}}
 """
@@ -213,15 +214,29 @@ def test_together_stream_is_normalized(rig: Rig, openapi: OpenAPISchemas) -> Non
     assert any(c.get("usage") for c in chunks)  # Together puts usage on the last content chunk
 
 
-def test_together_tool_call_json_mode_and_embeddings(rig: Rig) -> None:
+def test_together_two_turn_tool_call_json_mode_and_embeddings(rig: Rig, openapi: OpenAPISchemas) -> None:
     rig.together.script(Reply(tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}}]))
-    call = rig.client.chat.completions.create(model="llama", messages=MESSAGES, tools=[WEATHER]).choices[0]  # type: ignore[arg-type,list-item]
-    assert call.finish_reason == "tool_calls" and call.message.tool_calls[0].function.name == "get_weather"  # type: ignore[index,union-attr]
+    first = rig.client.chat.completions.create(model="llama", messages=MESSAGES, tools=[WEATHER]).choices[0]  # type: ignore[arg-type,list-item]
+    assert first.finish_reason == "tool_calls"
+    call = first.message.tool_calls[0]  # type: ignore[index]
+    messages = [
+        *MESSAGES,
+        first.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "22 C"},
+    ]
+    answer = rig.client.chat.completions.create(model="llama", messages=messages, tools=[WEATHER])  # type: ignore[arg-type,list-item]
+    assert answer.choices[0].finish_reason == "stop"
+    assert rig.together.requests[-1].json["messages"][2] == {"role": "tool", "tool_call_id": call.id, "content": "22 C"}
+
     rig.together.script(Reply(content='{"a": 1}'))
     reply = rig.client.chat.completions.create(
         model="llama", messages=MESSAGES, response_format={"type": "json_object"}
     )  # type: ignore[arg-type]
     assert json.loads(reply.choices[0].message.content or "") == {"a": 1}
+
+    raw = rig.client.embeddings.with_raw_response.create(model="bge", input=["a", "b"], encoding_format="float")
+    openapi.validate("CreateEmbeddingResponse", raw.http_response.json())
+    assert len(raw.parse().data) == 2 and rig.together.requests[-1].json["model"] == "BAAI/bge-large-en-v1.5"
 
 
 @pytest.mark.parametrize(
