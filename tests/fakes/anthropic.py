@@ -6,7 +6,7 @@ Use it as a context manager (`with FakeAnthropic() as fake:`), which serves it o
 
 Each request that passes the auth, version and body checks pops the next scripted behaviour (`Reply()` once
 the script is empty); `fake.requests` shows exactly what was sent. Wire shapes follow
-shared/docs/provider-protocols.md section 7 and the real traffic in shared/recordings/anthropic/: typed SSE
+the provider's API reference and the real traffic in tests/data/recordings/anthropic/: typed SSE
 (`event:` + `data:`), a `ping` after the first `content_block_start`, a variable run of spaces before the
 final `}` of every `data:` object, `message_start.usage.output_tokens == 1`, `message_delta.usage` repeating
 `input_tokens` with cumulative `output_tokens`, and `{"type": "error", "error": {...}, "request_id"}` bodies.

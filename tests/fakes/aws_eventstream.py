@@ -1,10 +1,10 @@
 """An encoder for AWS event-stream frames (`application/vnd.amazon.eventstream`), for the Bedrock fake.
 
 botocore only decodes this format and awscrt exposes no encoder, so the fake carries its own
-(shared/docs/provider-protocols.md section 1). Frames are byte-compatible with what Bedrock sends:
+the provider's API reference. Frames are byte-compatible with what Bedrock sends:
 header order `:event-type`, `:content-type`, `:message-type` and JSON payloads with sorted keys,
 compact separators, raw UTF-8 and a `p` padding field. The tests re-encode the recorded frames in
-shared/recordings/bedrock/ and get identical bytes.
+tests/data/recordings/bedrock/ and get identical bytes.
 
 Layout (big-endian): total length u32 | headers length u32 | CRC-32 of those 8 bytes | headers |
 payload | CRC-32 of everything before it. Each header: name length u8, name, type u8, value; only

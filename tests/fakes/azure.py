@@ -2,7 +2,7 @@
 
 Azure speaks OpenAI's wire format with its own routes, auth and extras, so this subclasses `FakeOpenAI`
 (same behaviours, reply builders, recording and stream events) and only adds what differs
-(shared/docs/provider-protocols.md section 3):
+the provider's API reference:
 
 - routes: classic `/openai/deployments/{deployment}/{chat/completions|embeddings}?api-version=...` and
   v1 `/openai/v1/{chat/completions|embeddings}` (deployment = body `model`);

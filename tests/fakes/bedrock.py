@@ -2,8 +2,8 @@
 
 Serve it with `ServerThread(fake.app)` and point boto3 (`endpoint_url=server.url`) or the gateway's
 `bedrock` adapter at it. Each valid request pops the next scripted behaviour; `fake.requests` shows
-exactly what was sent. Wire shapes follow shared/docs/provider-protocols.md section 1 and the real
-traffic in shared/recordings/bedrock/: event-stream frames with `p` padding, no `contentBlockStart`
+exactly what was sent. Wire shapes follow the provider's API reference and the real
+traffic in tests/data/recordings/bedrock/: event-stream frames with `p` padding, no `contentBlockStart`
 for text, `metadata` after `messageStop`, tool input streamed as JSON string pieces, errors as
 `{"message": ...}` with the type in `x-amzn-ErrorType`.
 

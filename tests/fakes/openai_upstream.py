@@ -4,7 +4,7 @@ Serve it with `ServerThread(fake.app)` and point the adapter (or the official SD
 `server.url + "/v1"`. Each request pops the next scripted behaviour, so a test can say "first a 429,
 then a good answer" and then assert on `fake.requests` to see exactly what the adapter sent.
 
-Wire shapes follow what the real service sends (shared/docs/ecosystem-notes.md 1.2-1.7 and the
+Wire shapes follow what the real service sends (OpenAI's API reference and the
 recordings in tests/data/recordings/openai/): `refusal: null` and `annotations: []` on messages,
 `obfuscation` padding on every stream chunk, a usage-only chunk with `choices: []` before `[DONE]`.
 """
@@ -500,7 +500,7 @@ def _vector(item: Any, dims: int) -> list[float]:
 
 
 def _error_envelope(status: int, model: str) -> dict[str, Any]:
-    """The bodies real OpenAI sends (shared/docs/provider-protocols.md section 6)."""
+    """The bodies real OpenAI sends, per its API reference."""
     known: dict[int, tuple[str, str, str | None]] = {
         400: ("Invalid request sent to the fake upstream.", "invalid_request_error", None),
         401: (

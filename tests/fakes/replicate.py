@@ -6,7 +6,7 @@ polls, cancels and streams act on the prediction it made. Predictions advance in
 (`starting` -> `processing` -> terminal), computed from their creation clock rather than background
 tasks, so nothing is left running when the server stops and polls, streams and `Prefer: wait` agree.
 
-Wire shapes follow shared/docs/provider-protocols.md section 5: 201 + prediction object with ABSOLUTE
+Wire shapes follow the provider's API reference: 201 + prediction object with ABSOLUTE
 `urls` pointing back at the fake (the SDK follows them verbatim), SSE `output`/`error`/`done` events
 with `id: <ms>:<seq>`, RFC 7807-style `{"title", "detail", "status"}` error bodies.
 """

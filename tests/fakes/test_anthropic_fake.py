@@ -36,7 +36,13 @@ from tests.fakes.anthropic import (
     StreamError,
 )
 
-RECORDING = Path("/work/shared/recordings/anthropic/test_request_stream_fallback_for_high_max_tokens.yaml")
+RECORDING = (
+    Path(__file__).resolve().parents[1]
+    / "data"
+    / "recordings"
+    / "anthropic"
+    / "test_request_stream_fallback_for_high_max_tokens.yaml"
+)
 MODEL = "claude-haiku-4-5"  # not in the SDK's DEPRECATED_MODELS, which warn on every call
 USER: list[MessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 WEATHER: list[ToolParam] = [

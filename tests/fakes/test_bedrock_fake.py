@@ -1,7 +1,7 @@
 """Prove FakeBedrock speaks real Bedrock: boto3 must sign for it, parse it and raise on it as it would on AWS.
 
 The event-stream encoder is checked against botocore's CRC-checking decoder and against the real
-frames recorded in shared/recordings/bedrock/, which it reproduces byte for byte.
+frames recorded in tests/data/recordings/bedrock/, which it reproduces byte for byte.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from tests.fakes.bedrock import (
 )
 from tests.support.server import ServerThread
 
-RECORDINGS = Path("/work/shared/recordings/bedrock")
+RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings" / "bedrock"
 NOVA = "us.amazon.nova-micro-v1:0"
 CLAUDE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 USER = [{"role": "user", "content": [{"text": "What is the capital of France?"}]}]

@@ -2,7 +2,7 @@
 
 Together speaks OpenAI's wire format closely enough that this subclasses `FakeOpenAI` (same behaviours,
 reply builders, recording and stream events) and only rewrites what differs
-(shared/docs/provider-protocols.md section 4), because those differences are what the gateway's
+the provider's API reference, because those differences are what the gateway's
 adapter must normalise:
 
 - `finish_reason: "eos"` where OpenAI says `stop`;

@@ -12,7 +12,7 @@ refresh, with no network. Use it as a context manager, which serves it on a free
                               http_options=HttpOptions(base_url=fake.url, api_version="v1"))
 
 Each API request pops the next scripted behaviour (`Reply()` once the script is empty). Wire shapes
-follow shared/docs/provider-protocols.md section 2 and the recordings in shared/recordings/vertex/:
+follow the provider's API reference and the recordings in tests/data/recordings/vertex/:
 proto-JSON with zero values left out, `createTime`/`responseId`/`modelVersion`/`avgLogprobs`, usage
 `trafficType`, SSE events ending in `\\r\\n\\r\\n` with no `[DONE]`, google.rpc.Status error bodies, and
 blocked answers as HTTP 200 candidates with no `content`.
