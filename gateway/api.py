@@ -8,6 +8,7 @@ and validated once with strict pydantic models, and every failure is answered in
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from gateway.context import request_context
 from gateway.errors import APIError, from_provider_error, internal_error
 from gateway.http_io import (
     ClientGone,
@@ -33,7 +35,9 @@ from gateway.runtime import Runtime
 from providers.base import CallOptions
 from providers.errors import ProviderError
 from providers.schema import ChatCompletionRequest, ChatRequest, EmbeddingRequest, EmbedRequest, StreamChunk
-from routing.router import Deployment, UnknownModel, WrongModelMode
+from routing.context import RequestContext, RequestFacts
+from routing.router import Deployment, NoDeploymentAvailable, Plan, UnknownModel, WrongModelMode
+from routing.stats import CallRecord
 
 router = APIRouter()
 
@@ -74,21 +78,31 @@ async def chat_completions(request: Request) -> Response:
     try:
         body = await read_json_object(request, runtime.config.server.max_body_bytes)
         params = _validate(ChatCompletionRequest, body)
-        deployment = _plan(runtime, params.model, "chat")[0]
+        plan = _plan(runtime, RequestFacts.of_chat(params, body), request_context(request, body))
     except APIError as error:
         return error_response(error, headers)
-    headers["x-gateway-provider"] = deployment.provider
-    headers["x-gateway-model"] = deployment.model
+    deployment = plan.deployments[0]
+    headers.update(_served_by(deployment))
     call = ChatRequest(body=body, params=params)
     options = _call_options(request, deployment, streaming=bool(params.stream))
+    record = runtime.router.begin_call(deployment)
     if params.stream:
-        return await _start_stream(request, deployment, call, options, headers)
+        return await _start_stream(request, deployment, call, options, headers, record)
     try:
         completion = await unless_client_leaves(request, deployment.adapter.chat(deployment.model, call, options))
     except ProviderError as error:
+        record.end(time.monotonic(), ok=False)
         return error_response(from_provider_error(error), headers)
     except ClientGone:
+        record.abandon(time.monotonic())
         return CLIENT_GONE
+    except BaseException:
+        record.end(time.monotonic(), ok=False)
+        raise
+    usage = completion.get("usage") or {}
+    record.end(
+        time.monotonic(), ok=True, output_tokens=usage.get("completion_tokens"), cold_start=call.facts.cold_start
+    )
     return json_response(completion, headers={**headers, **call.facts.headers()})
 
 
@@ -103,20 +117,28 @@ async def embeddings(request: Request) -> Response:
         params = _validate(EmbeddingRequest, body)
         if params.input == [] or params.input == "":
             raise APIError(400, "'input' must not be empty.", param="input", code="invalid_value")
-        deployment = _plan(runtime, params.model, "embeddings")[0]
+        facts = RequestFacts(model=params.model, mode="embeddings")
+        facts.prompt_tokens = 0  # embeddings have no chat prompt; context windows are not checked here
+        deployment = _plan(runtime, facts, request_context(request, body)).deployments[0]
     except APIError as error:
         return error_response(error, headers)
-    headers["x-gateway-provider"] = deployment.provider
-    headers["x-gateway-model"] = deployment.model
+    headers.update(_served_by(deployment))
     options = _call_options(request, deployment, streaming=False)
+    record = runtime.router.begin_call(deployment)
     try:
         result = await unless_client_leaves(
             request, deployment.adapter.embed(deployment.model, EmbedRequest(body=body, params=params), options)
         )
     except ProviderError as error:
+        record.end(time.monotonic(), ok=False)
         return error_response(from_provider_error(error), headers)
     except ClientGone:
+        record.abandon(time.monotonic())
         return CLIENT_GONE
+    except BaseException:
+        record.end(time.monotonic(), ok=False)
+        raise
+    record.end(time.monotonic(), ok=True)
     return json_response(result, headers=headers)
 
 
@@ -144,7 +166,12 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
 
 
 async def _start_stream(
-    request: Request, deployment: Deployment, call: ChatRequest, options: CallOptions, headers: dict[str, str]
+    request: Request,
+    deployment: Deployment,
+    call: ChatRequest,
+    options: CallOptions,
+    headers: dict[str, str],
+    record: CallRecord,
 ) -> Response:
     """Wait for the first chunk before answering 200.
 
@@ -155,44 +182,61 @@ async def _start_stream(
     try:
         first = await unless_client_leaves(request, anext(chunks))
     except ProviderError as error:
+        record.end(time.monotonic(), ok=False)
         await chunks.aclose()  # type: ignore[attr-defined]
         return error_response(from_provider_error(error), headers)
     except ClientGone:
+        record.abandon(time.monotonic())
         await chunks.aclose()  # type: ignore[attr-defined]
         return CLIENT_GONE
     except StopAsyncIteration:
+        record.end(time.monotonic(), ok=False)
         return error_response(
             APIError(
                 502, "Upstream ended the stream without sending anything.", type="server_error", code="upstream_error"
             ),
             headers,
         )
+    record.first_token(time.monotonic())
     # What is known once the answer has started (a cold start, for one) goes out with the headers.
-    return SSEResponse(
-        _sse_events(request, first, chunks, call.params.wants_usage_chunk), {**headers, **call.facts.headers()}
-    )
+    events = _sse_events(request, first, chunks, call, record)
+    return SSEResponse(events, {**headers, **call.facts.headers()})
 
 
 async def _sse_events(
-    request: Request, first: StreamChunk, chunks: AsyncIterator[StreamChunk], wants_usage: bool
+    request: Request, first: StreamChunk, chunks: AsyncIterator[StreamChunk], call: ChatRequest, record: CallRecord
 ) -> AsyncIterator[bytes]:
+    wants_usage = call.params.wants_usage_chunk
     chunk = first
+    output_tokens: int | None = None
+    outcome: bool | None = None  # None: the client left, which says nothing about the deployment
     try:
         while True:
             data = chunk.data
+            usage = data.get("usage")
+            if usage:
+                output_tokens = usage.get("completion_tokens")
             # Adapters always end with a usage-only chunk; clients that did not ask for it don't get it.
-            if wants_usage or data.get("choices") or not data.get("usage"):
+            if wants_usage or data.get("choices") or not usage:
                 yield b"data: " + (chunk.raw if chunk.raw is not None else orjson.dumps(data)) + b"\n\n"
             chunk = await anext(chunks)
     except StopAsyncIteration:
+        outcome = True
         yield b"data: [DONE]\n\n"
     except ProviderError as error:
+        outcome = False
         # Headers are gone: tell the SDK in-band, which raises it as an APIError (no silent cut).
         yield sse_error_event(from_provider_error(error))
     except Exception as exc:
+        outcome = False
         log_unexpected(request, exc)
         yield sse_error_event(internal_error())
     finally:
+        now = time.monotonic()
+        if outcome is None:
+            record.abandon(now)
+        else:
+            record.end(now, ok=outcome, output_tokens=output_tokens, cold_start=call.facts.cold_start)
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
@@ -222,18 +266,32 @@ def _invalid_request(exc: ValidationError, body: dict[str, Any]) -> APIError:
     return APIError(400, f"Invalid value for '{param}': {reason}.", param=param, code="invalid_value")
 
 
-def _plan(runtime: Runtime, model: str, mode: str) -> tuple[Deployment, ...]:
+def _plan(runtime: Runtime, facts: RequestFacts, context: RequestContext) -> Plan:
     try:
-        return runtime.router.plan(model, mode)
-    except UnknownModel:
-        raise _model_not_found(model) from None
+        return runtime.router.plan(facts, context)
+    except UnknownModel as exc:
+        raise _model_not_found(exc.model) from None
     except WrongModelMode as exc:
         raise APIError(
             400,
-            f"The model '{model}' is an {exc.mode} model and cannot serve this endpoint.",
+            f"The model '{exc.model}' is an {exc.mode} model and cannot serve this endpoint.",
             param="model",
             code="model_not_supported",
         ) from None
+    except NoDeploymentAvailable as exc:
+        if exc.policy:
+            raise APIError(
+                403, str(exc), type="permission_error", param="model", code="deployment_not_allowed", should_retry=False
+            ) from None
+        raise APIError(400, str(exc), param="model", code="no_suitable_deployment", should_retry=False) from None
+
+
+def _served_by(deployment: Deployment) -> dict[str, str]:
+    return {
+        "x-gateway-provider": deployment.provider,
+        "x-gateway-model": deployment.model,
+        "x-gateway-alias": deployment.alias,
+    }
 
 
 def _model_not_found(model: str) -> APIError:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from gateway.locations import PathPart, data_path, format_path
 from gateway.yaml_source import YamlDocument, YamlSyntaxError, load_yaml
 from providers.registry import ADAPTERS, ProviderConfig
-from routing.config import DEFAULT_TIMEOUTS, ModelAliasConfig, Timeouts
+from routing.config import DEFAULT_TIMEOUTS, ModelAliasConfig, RouteRule, Timeouts
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 BUNDLED_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "gateway.yaml"
@@ -51,11 +51,21 @@ class StateSettings(_Strict):
     )
 
 
+class AdminSettings(_Strict):
+    api_key_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (hex) of the key for /admin endpoints; unset disables them.",
+    )
+
+
 class GatewayConfig(_Strict):
     server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
+    admin: AdminSettings = AdminSettings()
     providers: dict[str, ProviderConfig] = Field(min_length=1)
     models: dict[str, ModelAliasConfig] = Field(min_length=1)
+    routes: list[RouteRule] = Field(default_factory=list, description="First matching rule picks the alias.")
 
     def model_post_init(self, _context: Any) -> None:
         self.server.timeouts = self.server.timeouts.over(DEFAULT_TIMEOUTS)
@@ -204,6 +214,18 @@ def _reference_issues(document: YamlDocument) -> list[ConfigIssue]:
             if model.get("mode") == "embeddings" and adapter is not None and not adapter.supports_embeddings:
                 message = f"provider {name!r} (type {adapter.provider_type}) does not serve embeddings"
                 issues.append(ConfigIssue(_path_text(path), message, where))
+    for index, rule in enumerate(data.get("routes") if isinstance(data.get("routes"), list) else ()):
+        target = rule.get("use") if isinstance(rule, dict) else None
+        if isinstance(target, str) and target not in models:
+            path = ("routes", index, "use")
+            known_models = ", ".join(models) or "none"
+            issues.append(
+                ConfigIssue(
+                    _path_text(path),
+                    f"unknown model {target!r} (known: {known_models})",
+                    _where(document.filename, document.line_of(path)),
+                )
+            )
     return issues
 
 

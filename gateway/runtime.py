@@ -18,6 +18,7 @@ from providers.http import create_http_client
 from providers.registry import ADAPTERS
 from providers.tokens import encoding
 from routing.router import Router
+from routing.stats import LiveStats
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Runtime:
         return self.loaded.config
 
     @classmethod
-    def build(cls, loaded: LoadedConfig, started_at: int) -> Runtime:
+    def build(cls, loaded: LoadedConfig, started_at: int, stats: LiveStats | None = None) -> Runtime:
         config = loaded.config
         settings = config.server.http_client
         http = create_http_client(
@@ -42,7 +43,7 @@ class Runtime:
             proxy=settings.proxy.get_secret_value() if settings.proxy else None,
         )
         adapters = {name: ADAPTERS[provider.type](name, provider, http) for name, provider in config.providers.items()}
-        router = Router(config.models, adapters, config.server.timeouts)
+        router = Router(config.models, adapters, config.server.timeouts, routes=config.routes, stats=stats)
         # Load the tokenizer now, not inside the first request that needs it (it takes ~1 s).
         encoding()
         return cls(loaded=loaded, http=http, adapters=adapters, router=router, started_at=started_at)

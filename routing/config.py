@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -36,6 +36,12 @@ class Price(_Strict):
     input_per_mtok: float = Field(default=0.0, ge=0, description="USD per million prompt tokens.")
     output_per_mtok: float = Field(default=0.0, ge=0, description="USD per million completion tokens.")
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    per_second: float | None = Field(
+        default=None, ge=0, description="USD per compute second, for endpoints billed by time (Replicate)."
+    )
+
+
+Capability = Literal["tools", "vision", "json_schema", "embeddings"]
 
 
 class DeploymentConfig(_Strict):
@@ -46,9 +52,26 @@ class DeploymentConfig(_Strict):
     price: Price | None = None
     context_window: int | None = Field(default=None, gt=0)
     max_output_tokens: int | None = Field(default=None, gt=0)
-    region: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    capabilities: list[Capability] | None = Field(
+        default=None, description="What the deployment can do; unset means it is not filtered on capabilities."
+    )
+    region: str | None = Field(default=None, description="Where the data is processed, for residency policy.")
+    tags: list[str] = Field(default_factory=list, description="Compliance tags, e.g. zero-retention, hipaa.")
+    weight: float = Field(default=1.0, ge=0, description="Share of traffic under the weighted strategy.")
+    scales_to_zero: bool = False
+    idle_timeout_s: float = Field(default=300.0, gt=0, description="Idle longer than this: assumed cold.")
+    cold_start_s: float = Field(default=30.0, ge=0, description="Cold-start penalty until one is measured.")
+    keep_warm_interval_s: float | None = Field(
+        default=None, gt=0, description="Ping a scale-to-zero deployment this often to keep it warm (off by default)."
+    )
     timeouts: Timeouts | None = None
+
+
+Strategy = Literal["ordered", "weighted", "cheapest", "fastest", "least-busy", "latency-slo"]
+
+
+class SLO(_Strict):
+    ttft_p95_ms: float = Field(gt=0, description="Time to first token the alias promises, at the 95th percentile.")
 
 
 class ModelAliasConfig(_Strict):
@@ -58,6 +81,42 @@ class ModelAliasConfig(_Strict):
     description: str | None = None
     owned_by: str = "llm-gateway"
     created: int | None = Field(default=None, ge=0, description="Unix time shown in /v1/models.")
-    strategy: Literal["ordered"] = "ordered"
+    strategy: Strategy = "ordered"
+    slo: SLO | None = Field(default=None, description="Required by the latency-slo strategy.")
+    explore_share: float = Field(
+        default=0.05, ge=0, le=0.5, description="Share of traffic sent to deployments with too few observations."
+    )
     timeouts: Timeouts | None = None
     deployments: list[DeploymentConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _slo_when_needed(self) -> ModelAliasConfig:
+        if self.strategy == "latency-slo" and self.slo is None:
+            raise ValueError("the latency-slo strategy needs an slo (e.g. slo: {ttft_p95_ms: 800})")
+        return self
+
+
+class RouteCondition(_Strict):
+    """All given conditions must hold. Lists match any of their values."""
+
+    tenant: list[str] | None = None
+    team: list[str] | None = None
+    feature: list[str] | None = None
+    model: list[str] | None = Field(default=None, description="The model name the client asked for.")
+    prompt_tokens_gt: int | None = Field(default=None, ge=0)
+    prompt_tokens_lt: int | None = Field(default=None, ge=0)
+    has_tools: bool | None = None
+    has_images: bool | None = None
+    has_json_schema: bool | None = None
+
+    @field_validator("tenant", "team", "feature", "model", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class RouteRule(_Strict):
+    """`when` these conditions hold, serve the request with the alias `use` (first matching rule wins)."""
+
+    when: RouteCondition
+    use: str = Field(description="A name under `models:`.")

@@ -1,15 +1,27 @@
-"""Turns a requested model name into the ordered deployments that may serve it.
+"""The router: from a request (its facts and its sender's context) to the ordered deployments to try.
 
-The router is a pure lookup over the loaded config: no I/O, so the same code can serve traffic and
-explain a decision.
+`Router.plan` is a pure function of the request, the config, the live stats and the circuit states:
+no I/O, so the same code serves traffic and `route explain`, and its decisions can be tested as
+properties over random configs. Steps: pick the alias (header override if the tenant may use one,
+else the first matching rule, else the requested model), remove the deployments the hard filters rule
+out (saying why), then rank the rest by the alias's strategy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from providers.base import ProviderAdapter
-from routing.config import DEFAULT_TIMEOUTS, DeploymentConfig, ModelAliasConfig, Timeouts
+from routing.config import DEFAULT_TIMEOUTS, DeploymentConfig, ModelAliasConfig, RouteRule, Timeouts
+from routing.context import RequestContext, RequestFacts
+from routing.filters import AllClosed, CircuitView, rejection
+from routing.rules import first_match
+from routing.stats import CallRecord, LiveStats
+from routing.strategies import STATS_BASED, STRATEGIES, Candidate, Inputs, explore
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +34,50 @@ class Deployment:
     adapter: ProviderAdapter
     timeouts: Timeouts
     config: DeploymentConfig
+
+    @property
+    def key(self) -> str:
+        """Identity for stats and circuits: the same provider and model share them across aliases."""
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(slots=True)
+class Rejection:
+    deployment: Deployment
+    reason: str
+    policy: bool
+
+
+@dataclass(slots=True)
+class Plan:
+    requested: str
+    alias: str
+    chosen_by: str
+    strategy: str
+    candidates: list[Candidate] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def deployments(self) -> list[Deployment]:
+        return [candidate.deployment for candidate in self.candidates]
+
+    def explain(self) -> dict[str, Any]:
+        return {
+            "requested_model": self.requested,
+            "alias": self.alias,
+            "chosen_by": self.chosen_by,
+            "strategy": self.strategy,
+            "candidates": [
+                {
+                    "rank": rank,
+                    "deployment": c.deployment.key,
+                    "score": None if c.score == float("inf") else c.score,
+                    "reason": c.reason,
+                }
+                for rank, c in enumerate(self.candidates, start=1)
+            ],
+            "filtered_out": [{"deployment": r.deployment.key, "reason": r.reason} for r in self.rejected],
+        }
 
 
 class UnknownModel(LookupError):
@@ -37,18 +93,36 @@ class WrongModelMode(ValueError):
         self.mode = mode
 
 
+class NoDeploymentAvailable(Exception):
+    """Every deployment of the alias was filtered out; `plan.rejected` says which filter removed which."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.policy = all(r.policy for r in plan.rejected)  # only the tenant's contract stood in the way
+        reasons = "; ".join(f"{r.deployment.key}: {r.reason}" for r in plan.rejected)
+        super().__init__(f"No deployment of '{plan.alias}' can serve this request. {reasons}")
+
+
 class Router:
     def __init__(
         self,
         models: dict[str, ModelAliasConfig],
         adapters: dict[str, ProviderAdapter],
         default_timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        routes: Sequence[RouteRule] = (),
+        stats: LiveStats | None = None,
+        circuits: CircuitView | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.models = models
-        self._plans: dict[str, tuple[Deployment, ...]] = {}
+        self.routes = list(routes)
+        self.stats = stats if stats is not None else LiveStats()
+        self.circuits = circuits if circuits is not None else AllClosed()
+        self.rng = rng if rng is not None else random.Random()
+        self._deployments: dict[str, tuple[Deployment, ...]] = {}
         for alias, model in models.items():
             alias_timeouts = (model.timeouts or Timeouts()).over(default_timeouts)
-            self._plans[alias] = tuple(
+            self._deployments[alias] = tuple(
                 Deployment(
                     alias=alias,
                     provider=deployment.provider,
@@ -59,12 +133,58 @@ class Router:
                 )
                 for deployment in model.deployments
             )
+        self.stats.retain({d.key for plan in self._deployments.values() for d in plan})
+        self._aliases_by_mode: dict[str, set[str]] = {}
+        for alias, model in models.items():
+            self._aliases_by_mode.setdefault(model.mode, set()).add(alias)
 
-    def plan(self, model: str, mode: str) -> tuple[Deployment, ...]:
-        """Deployments for `model`, best first. Raises UnknownModel or WrongModelMode."""
-        plan = self._plans.get(model)
-        if plan is None:
-            raise UnknownModel(model)
-        if self.models[model].mode != mode:
-            raise WrongModelMode(model, self.models[model].mode)
+    def deployments(self, alias: str) -> tuple[Deployment, ...]:
+        return self._deployments[alias]
+
+    def all_deployments(self) -> list[Deployment]:
+        return [d for plan in self._deployments.values() for d in plan]
+
+    def plan(self, facts: RequestFacts, context: RequestContext | None = None, now: float | None = None) -> Plan:
+        """The deployments to try for this request, best first. Raises UnknownModel, WrongModelMode or
+        NoDeploymentAvailable."""
+        context = context or RequestContext()
+        now = time.monotonic() if now is None else now
+        alias, chosen_by = self._alias(facts, context)
+        config = self.models.get(alias)
+        if config is None:
+            raise UnknownModel(alias)
+        if config.mode != facts.mode:
+            raise WrongModelMode(alias, config.mode)
+        plan = Plan(requested=facts.model, alias=alias, chosen_by=chosen_by, strategy=config.strategy)
+        usable: list[Deployment] = []
+        for deployment in self._deployments[alias]:
+            verdict = rejection(deployment, facts, context, self.circuits)
+            if verdict is None:
+                usable.append(deployment)
+            else:
+                plan.rejected.append(Rejection(deployment, verdict.reason, verdict.policy))
+        if not usable:
+            raise NoDeploymentAvailable(plan)
+        inputs = Inputs(alias=config, facts=facts, stats=self.stats, now=now, rng=self.rng)
+        ranked = STRATEGIES[config.strategy](usable, inputs)
+        if config.strategy in STATS_BASED:
+            ranked = explore(ranked, inputs)
+        plan.candidates = ranked
         return plan
+
+    def begin_call(self, deployment: Deployment, now: float | None = None) -> CallRecord:
+        """Start feeding this call's outcome into the deployment's live stats."""
+        now = time.monotonic() if now is None else now
+        stats = self.stats.get(deployment.key)
+        config = deployment.config
+        was_cold = config.scales_to_zero and stats.idle_for(now) > config.idle_timeout_s
+        return CallRecord(stats, now, was_cold=was_cold)
+
+    def _alias(self, facts: RequestFacts, context: RequestContext) -> tuple[str, str]:
+        if context.route_override and context.policy.allow_route_header:
+            return context.route_override, "the x-gateway-route header (allowed for this tenant)"
+        match = first_match(self.routes, facts, context, self._aliases_by_mode.get(facts.mode, set()))
+        if match is not None:
+            index, rule = match
+            return rule.use, f"routes[{index}]"
+        return facts.model, "the requested model"

@@ -121,7 +121,7 @@ models:
         {},
     )
     router = Router(loaded.config.models, {"p": object()}, loaded.config.server.timeouts)  # type: ignore[dict-item]
-    first, second = router.plan("m", "chat")
+    first, second = router.deployments("m")
     assert (first.timeouts.connect_s, first.timeouts.first_token_s, first.timeouts.idle_s, first.timeouts.total_s) == (
         2,
         7,
