@@ -6,26 +6,37 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway import api
+from gateway import admin, api
 from gateway.config import CONFIG_ENV_VAR, LoadedConfig, load_config, resolve_config_path
 from gateway.errors import APIError, internal_error
 from gateway.http_io import error_response, json_response, log_unexpected, request_id
+from gateway.reload import ConfigReloader
 from gateway.runtime import Runtime
 
 
-def create_app(loaded: LoadedConfig) -> FastAPI:
+def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
+    config_file = Path(loaded.source)
+    reloadable = config_file.is_file()  # a config parsed from text (tests) has no file to reload
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(loaded, started_at=int(time.time()))
         app.state.runtime = runtime
+        reloader = ConfigReloader(app, config_file) if reloadable else None
+        app.state.reloader = reloader
+        if reloader is not None:
+            reloader.start(watch=watch_config)
         try:
             yield
         finally:
+            if reloader is not None:
+                await reloader.stop()
             await app.state.runtime.aclose()
 
     app = FastAPI(
@@ -36,6 +47,7 @@ def create_app(loaded: LoadedConfig) -> FastAPI:
         openapi_url=None,
     )
     app.include_router(api.router)
+    app.include_router(admin.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> Response:

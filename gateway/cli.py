@@ -29,7 +29,24 @@ def main(argv: list[str] | None = None) -> int:
     validate = config_commands.add_parser("validate", help="check a config file and exit 0 (valid) or 1")
     validate.add_argument("path")
 
+    route = commands.add_parser("route", help="routing tools")
+    route_commands = route.add_subparsers(dest="route_command", required=True)
+    explain = route_commands.add_parser("explain", help="where a request would go, and why")
+    explain.add_argument("--config", help=f"config file (default: ${CONFIG_ENV_VAR}, else config/gateway.yaml)")
+    explain.add_argument("--model", required=True, help="the model the request asks for")
+    explain.add_argument("--tenant")
+    explain.add_argument("--team")
+    explain.add_argument("--feature")
+    explain.add_argument("--prompt-tokens", type=int, default=0)
+    explain.add_argument("--max-tokens", type=int, help="requested output tokens")
+    explain.add_argument("--tools", action="store_true", help="the request carries tools")
+    explain.add_argument("--images", action="store_true", help="the request carries images")
+    explain.add_argument("--json-schema", action="store_true", help="the request asks for a JSON schema")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     args = parser.parse_args(argv)
+    if args.command == "route":
+        return _route_explain(args)
     if args.command == "config":
         loaded = _load_or_report(args.path)
         if loaded is None:
@@ -48,6 +65,63 @@ def _load_or_report(path: str) -> LoadedConfig | None:
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         return None
+
+
+def _route_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.admin import facts_from_query
+    from routing.router import Router, UnknownModel, WrongModelMode
+
+    loaded = _load_or_report(str(resolve_config_path(args.config)))
+    if loaded is None:
+        return 1
+    config = loaded.config
+    # Explaining needs no connections: the router only holds adapters, it never calls them.
+    router = Router(
+        config.models,
+        dict.fromkeys(config.providers),
+        config.server.timeouts,  # type: ignore[arg-type]
+        routes=config.routes,
+    )
+    query = {
+        "model": args.model,
+        "tenant": args.tenant,
+        "team": args.team,
+        "feature": args.feature,
+        "prompt_tokens": args.prompt_tokens,
+        "max_tokens": args.max_tokens,
+        "tools": args.tools,
+        "images": args.images,
+        "json_schema": args.json_schema,
+    }
+    try:
+        explanation = router.explain(*facts_from_query(query))
+    except (UnknownModel, WrongModelMode) as exc:
+        print(f"unknown model '{exc.model}' (known: {', '.join(config.models)})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(explanation, indent=2))
+    else:
+        print(render_explanation(explanation))
+    return 0 if explanation["candidates"] else 2
+
+
+def render_explanation(explanation: dict) -> str:  # type: ignore[type-arg]
+    slo = f", SLO p95 TTFT {explanation['slo_ttft_p95_ms']:g} ms" if "slo_ttft_p95_ms" in explanation else ""
+    lines = [
+        f"model '{explanation['requested_model']}' -> alias '{explanation['alias']}' "
+        f"(chosen by {explanation['chosen_by']}); strategy {explanation['strategy']}{slo}"
+    ]
+    if explanation.get("explore_share"):
+        lines.append(f"  ({explanation['explore_share']:.0%} of traffic explores deployments with few observations)")
+    lines.append("candidates, in the order they are tried:" if explanation["candidates"] else "no candidates:")
+    for candidate in explanation["candidates"]:
+        lines.append(f"  {candidate['rank']}. {candidate['deployment']}: {candidate['reason']}")
+    if explanation["filtered_out"]:
+        lines.append("filtered out:")
+        lines += [f"  - {item['deployment']}: {item['reason']}" for item in explanation["filtered_out"]]
+    return "\n".join(lines)
 
 
 def _serve(args: argparse.Namespace) -> int:

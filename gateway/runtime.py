@@ -34,24 +34,34 @@ class Runtime:
         return self.loaded.config
 
     @classmethod
-    def build(cls, loaded: LoadedConfig, started_at: int, stats: LiveStats | None = None) -> Runtime:
+    def build(
+        cls,
+        loaded: LoadedConfig,
+        started_at: int,
+        stats: LiveStats | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> Runtime:
+        """A runtime for `loaded`. A reload passes the running one's stats (so they survive) and, when the
+        HTTP client settings did not change, its client (so its warm connection pool survives too)."""
         config = loaded.config
-        settings = config.server.http_client
-        http = create_http_client(
-            max_connections=settings.max_connections,
-            keepalive_expiry_s=settings.keepalive_expiry_s,
-            proxy=settings.proxy.get_secret_value() if settings.proxy else None,
-        )
+        if http is None:
+            settings = config.server.http_client
+            http = create_http_client(
+                max_connections=settings.max_connections,
+                keepalive_expiry_s=settings.keepalive_expiry_s,
+                proxy=settings.proxy.get_secret_value() if settings.proxy else None,
+            )
         adapters = {name: ADAPTERS[provider.type](name, provider, http) for name, provider in config.providers.items()}
         router = Router(config.models, adapters, config.server.timeouts, routes=config.routes, stats=stats)
         # Load the tokenizer now, not inside the first request that needs it (it takes ~1 s).
         encoding()
         return cls(loaded=loaded, http=http, adapters=adapters, router=router, started_at=started_at)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, close_http: bool = True) -> None:
         for adapter in self.adapters.values():
             await adapter.aclose()
-        await self.http.aclose()
+        if close_http:
+            await self.http.aclose()
 
     async def readiness(self) -> dict[str, Any]:
         """Checks for /readyz: the config is loaded and every backend the config names answers."""

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import math
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,10 @@ from providers.tokens import count_messages, count_text, encoding
 class MockProviderConfig(ProviderConfigBase):
     type: Literal["mock"]
     ttft_ms: float = Field(default=0.0, ge=0, description="Delay before the first token.")
+    cold_start_ms: float = Field(
+        default=0.0, ge=0, description="Extra first-token delay after an idle spell: a scale-to-zero endpoint booting."
+    )
+    idle_timeout_s: float = Field(default=60.0, gt=0, description="Idle longer than this and the next call is cold.")
     tokens_per_s: float = Field(default=0.0, ge=0, description="Output speed; 0 means as fast as possible.")
     failure_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls that fail with 503.")
     min_words: int = Field(default=12, ge=1)
@@ -71,11 +76,12 @@ class MockAdapter(ProviderAdapter):
     config_model = MockProviderConfig
     supports_embeddings = True
     config: MockProviderConfig
+    _last_call: float | None = None  # for the cold-start simulation
 
     async def chat(self, model: str, request: ChatRequest, options: CallOptions) -> dict[str, Any]:
         choices = self._generate(model, request)
         output_tokens = sum(_choice_token_count(choice) for choice in choices)
-        await self._wait(options, self.config.ttft_ms / 1000 + self._generation_time(output_tokens))
+        await self._wait(options, self._first_token_s(request) + self._generation_time(output_tokens))
         params = request.params
         return {
             "id": new_completion_id(),
@@ -97,7 +103,7 @@ class MockAdapter(ProviderAdapter):
 
     async def stream(self, model: str, request: ChatRequest, options: CallOptions) -> AsyncIterator[StreamChunk]:
         choices = self._generate(model, request)
-        await self._wait(options, self.config.ttft_ms / 1000, first_token=True)
+        await self._wait(options, self._first_token_s(request), first_token=True)
         completion_id, created = new_completion_id(), now_s()
         per_token_s = 1 / self.config.tokens_per_s if self.config.tokens_per_s else 0.0
         params = request.params
@@ -241,6 +247,19 @@ class MockAdapter(ProviderAdapter):
         }
 
     # --- timing and failures -----------------------------------------------------------------------
+
+    def _first_token_s(self, request: ChatRequest) -> float:
+        """The time to first token, with a cold start when the mock was idle too long (if configured)."""
+        delay = self.config.ttft_ms / 1000
+        if self.config.cold_start_ms:
+            now = time.monotonic()
+            last = self._last_call
+            cold = last is None or now - last > self.config.idle_timeout_s
+            self._last_call = now
+            request.facts.cold_start = cold
+            if cold:
+                delay += self.config.cold_start_ms / 1000
+        return delay
 
     def _generation_time(self, tokens: int) -> float:
         return tokens / self.config.tokens_per_s if self.config.tokens_per_s else 0.0

@@ -144,7 +144,30 @@ class Router:
     def all_deployments(self) -> list[Deployment]:
         return [d for plan in self._deployments.values() for d in plan]
 
-    def plan(self, facts: RequestFacts, context: RequestContext | None = None, now: float | None = None) -> Plan:
+    def explain(self, facts: RequestFacts, context: RequestContext | None = None) -> dict[str, Any]:
+        """What `plan` would decide for this request and why, including every deployment filtered out.
+        Exploration (a random detour for under-observed deployments) is left out, so it is repeatable."""
+        try:
+            plan = self.plan(facts, context, explore_share=0.0)
+            explanation = plan.explain()
+        except NoDeploymentAvailable as exc:
+            explanation = {**exc.plan.explain(), "error": str(exc)}
+        config = self.models[explanation["alias"]]
+        explanation["explore_share"] = config.explore_share if config.strategy in STATS_BASED else 0.0
+        if config.slo is not None:
+            explanation["slo_ttft_p95_ms"] = config.slo.ttft_p95_ms
+        now = time.monotonic()
+        deployments = self._deployments[explanation["alias"]]
+        explanation["stats"] = {d.key: self.stats.get(d.key).snapshot(now) for d in deployments}
+        return explanation
+
+    def plan(
+        self,
+        facts: RequestFacts,
+        context: RequestContext | None = None,
+        now: float | None = None,
+        explore_share: float | None = None,
+    ) -> Plan:
         """The deployments to try for this request, best first. Raises UnknownModel, WrongModelMode or
         NoDeploymentAvailable."""
         context = context or RequestContext()
@@ -167,7 +190,7 @@ class Router:
             raise NoDeploymentAvailable(plan)
         inputs = Inputs(alias=config, facts=facts, stats=self.stats, now=now, rng=self.rng)
         ranked = STRATEGIES[config.strategy](usable, inputs)
-        if config.strategy in STATS_BASED:
+        if config.strategy in STATS_BASED and explore_share != 0.0:
             ranked = explore(ranked, inputs)
         plan.candidates = ranked
         return plan

@@ -1,0 +1,104 @@
+"""Admin endpoints: route explain, config reload and deployment state, behind one admin key.
+
+The key is configured by its SHA-256 (`admin.api_key_sha256`), so the config never holds it, and is
+compared in constant time. With no key configured the endpoints do not exist (404).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.errors import APIError
+from gateway.http_io import error_response, json_response, read_json_object, request_id
+from gateway.runtime import Runtime
+from routing.context import RequestContext, RequestFacts
+from routing.router import UnknownModel, WrongModelMode
+
+router = APIRouter(prefix="/admin", include_in_schema=False)
+
+
+def _authorized(request: Request) -> APIError | None:
+    runtime: Runtime = request.app.state.runtime
+    expected = runtime.config.admin.api_key_sha256
+    if expected is None:
+        return APIError(404, "Admin endpoints are disabled: set admin.api_key_sha256.", code="not_found")
+    given = request.headers.get("x-admin-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    digest = hashlib.sha256(given.encode()).hexdigest()
+    if not given or not hmac.compare_digest(digest, expected):
+        return APIError(401, "A valid admin key is required.", type="authentication_error", code="invalid_admin_key")
+    return None
+
+
+@router.post("/route/explain")
+async def route_explain(request: Request) -> Response:
+    """Body: {"model", "tenant"?, "team"?, "feature"?, "prompt_tokens"?, "max_tokens"?, "tools"?, "images"?,
+    "json_schema"?, "mode"?} — the facts of a request, without having to send one."""
+    headers = {"x-request-id": request_id(request)}
+    denied = _authorized(request)
+    if denied is not None:
+        return error_response(denied, headers)
+    try:
+        body = await read_json_object(request, 1024 * 1024)
+        facts, context = facts_from_query(body)
+        explanation = request.app.state.runtime.router.explain(facts, context)
+    except APIError as error:
+        return error_response(error, headers)
+    except (UnknownModel, WrongModelMode) as exc:
+        return error_response(
+            APIError(404, f"Unknown model '{exc.model}' for this endpoint.", param="model", code="model_not_found"),
+            headers,
+        )
+    return json_response(explanation, headers=headers)
+
+
+@router.post("/config/reload")
+async def config_reload(request: Request) -> Response:
+    headers = {"x-request-id": request_id(request)}
+    denied = _authorized(request)
+    if denied is not None:
+        return error_response(denied, headers)
+    reloader = getattr(request.app.state, "reloader", None)
+    if reloader is None:
+        return error_response(
+            APIError(409, "This gateway was not started from a config file.", code="no_file"), headers
+        )
+    result = await reloader.reload()
+    return json_response(result.to_dict(), 200 if result.ok else 400, headers=headers)
+
+
+@router.get("/deployments")
+async def deployments(request: Request) -> Response:
+    headers = {"x-request-id": request_id(request)}
+    denied = _authorized(request)
+    if denied is not None:
+        return error_response(denied, headers)
+    runtime: Runtime = request.app.state.runtime
+    now = time.monotonic()
+    data = [
+        {"alias": d.alias, "deployment": d.key, "stats": runtime.router.stats.get(d.key).snapshot(now)}
+        for d in runtime.router.all_deployments()
+    ]
+    return json_response({"object": "list", "data": data}, headers=headers)
+
+
+def facts_from_query(query: dict[str, Any]) -> tuple[RequestFacts, RequestContext]:
+    model = query.get("model")
+    if not isinstance(model, str) or not model:
+        raise APIError(400, "'model' is required.", param="model", code="missing_required_parameter")
+    facts = RequestFacts(
+        model=model,
+        mode=str(query.get("mode") or "chat"),
+        has_tools=bool(query.get("tools")),
+        has_images=bool(query.get("images")),
+        has_json_schema=bool(query.get("json_schema")),
+        requested_output_tokens=query.get("max_tokens"),
+    )
+    facts.prompt_tokens = int(query.get("prompt_tokens") or 0)
+    context = RequestContext(tenant=query.get("tenant"), team=query.get("team"), feature=query.get("feature"))
+    return facts, context
