@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway import admin, api
+from gateway import admin, api, keep_warm
 from gateway.config import CONFIG_ENV_VAR, LoadedConfig, load_config, resolve_config_path
 from gateway.errors import APIError, internal_error
 from gateway.http_io import error_response, json_response, log_unexpected, request_id
@@ -32,9 +33,11 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
         app.state.reloader = reloader
         if reloader is not None:
             reloader.start(watch=watch_config)
+        pinger = asyncio.ensure_future(keep_warm.keep_warm(app))
         try:
             yield
         finally:
+            await keep_warm.stop(pinger)
             if reloader is not None:
                 await reloader.stop()
             await app.state.runtime.aclose()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 # 1 ms .. ~20 min, 12 buckets per decade (each ~21% wide): quantile error well under the bucket width.
 _BOUNDS = [0.001 * 10 ** (i / 12) for i in range(12 * 6 + 2)]
-MIN_OBSERVATIONS = 20  # below this a deployment's estimates are not trusted: it is explored, not judged
+MIN_OBSERVATIONS = 10  # below this a deployment's estimates are not trusted: it is explored, not judged
 
 
 class DecayingQuantiles:

@@ -176,7 +176,8 @@ def explore(ranked: list[Candidate], inputs: Inputs) -> list[Candidate]:
     untested = [c for c in ranked[1:] if not inputs.of(c.deployment).trusted]
     if not untested:
         return ranked
-    pick = inputs.rng.choice(untested)
+    # The least-observed first, so every newcomer earns trusted stats at the same pace.
+    pick = min(untested, key=lambda c: (inputs.of(c.deployment).observations, inputs.rng.random()))
     observed = inputs.of(pick.deployment).observations
     pick = Candidate(pick.deployment, pick.score, f"exploring: only {observed} observations so far")
     return [pick, *[c for c in ranked if c.deployment is not pick.deployment]]

@@ -1,0 +1,54 @@
+"""Keep-warm pings for scale-to-zero deployments (off unless `keep_warm_interval_s` is set).
+
+A scale-to-zero endpoint idle past its timeout boots again on the next call, which can take seconds.
+When a deployment sits on a latency-sensitive path, a tiny periodic request (one output token) keeps
+it warm; the ping feeds live stats like any call, so the router knows the deployment is warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from providers.base import CallOptions
+from providers.errors import ProviderError
+from providers.schema import ChatCompletionRequest, ChatRequest
+
+log = logging.getLogger("llm_gateway.keep_warm")
+_PING_BODY: dict[str, Any] = {"model": "keep-warm", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+
+
+async def keep_warm(app: Any) -> None:
+    """Ping every deployment that asks for it, at its interval, on whatever runtime is current."""
+    last_ping: dict[str, float] = {}
+    while True:
+        runtime = app.state.runtime
+        now = time.monotonic()
+        due = [
+            d
+            for d in runtime.router.all_deployments()
+            if d.config.scales_to_zero
+            and d.config.keep_warm_interval_s
+            and now - last_ping.get(d.key, 0.0) >= d.config.keep_warm_interval_s
+        ]
+        for deployment in {d.key: d for d in due}.values():
+            last_ping[deployment.key] = now
+            record = runtime.router.begin_call(deployment, now)
+            request = ChatRequest(dict(_PING_BODY), ChatCompletionRequest.model_validate(_PING_BODY))
+            try:
+                await deployment.adapter.chat(deployment.model, request, CallOptions.within(60))
+            except ProviderError as exc:
+                record.end(time.monotonic(), ok=False)
+                log.warning("keep-warm ping to %s failed: %s", deployment.key, exc.kind.value)
+            else:
+                record.end(time.monotonic(), ok=True, cold_start=request.facts.cold_start)
+        await asyncio.sleep(0.5)
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
