@@ -32,7 +32,7 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
         reloader = ConfigReloader(app, config_file) if reloadable else None
         app.state.reloader = reloader
         if reloader is not None:
-            reloader.start(watch=watch_config)
+            reloader.start(watch=watch_config and loaded.config.server.watch_config)
         pinger = asyncio.ensure_future(keep_warm.keep_warm(app))
         try:
             yield

@@ -43,6 +43,7 @@ class ServerSettings(_Strict):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     http_client: HTTPClientSettings = HTTPClientSettings()
+    watch_config: bool = Field(default=True, description="Reload when the config file changes (SIGHUP always works).")
 
 
 class StateSettings(_Strict):

@@ -59,3 +59,36 @@ def test_serve_on_the_default_config(repo_root: Path, workers: int) -> None:
     assert "shutdown complete" in stderr.lower() or "stopping parent process" in stderr.lower()
     assert "config/gateway.yaml: OK" in stderr
     assert "Hello" not in stderr  # prompts are not logged
+
+
+def test_sighup_reloads_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    text = (
+        "server: {watch_config: false}\n"
+        "providers: {p: {type: mock}}\n"
+        "models: {chat: {deployments: [{provider: p, model: M}]}}\n"
+    )
+    config.write_text(text.replace("M", "before"))
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    body = {"model": "chat", "messages": [{"role": "user", "content": "x"}]}
+    try:
+        wait_until_healthy(url, process)
+        assert httpx.post(url + "/v1/chat/completions", json=body).headers["x-gateway-model"] == "before"
+        config.write_text(text.replace("M", "after"))
+        time.sleep(0.3)
+        assert httpx.post(url + "/v1/chat/completions", json=body).headers["x-gateway-model"] == "before"  # not watched
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while httpx.post(url + "/v1/chat/completions", json=body).headers["x-gateway-model"] != "after":
+            assert time.monotonic() < deadline, "SIGHUP did not reload the config"
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
