@@ -95,6 +95,7 @@ def test_latency_slo_keeps_its_promise_for_less_than_fastest_and_frontier(url: s
     fastest = asyncio.run(drive(url, "fastest", 300))
     frontier = asyncio.run(drive(url, "frontier-only", 300))
     for name, figures in (
+        ("latency-slo warming up", warming),
         ("latency-slo", smart),
         ("latency-slo after idle", after_idle),
         ("fastest", fastest),
