@@ -49,9 +49,18 @@ async def route_explain(request: Request) -> Response:
         explanation = request.app.state.runtime.router.explain(facts, context)
     except APIError as error:
         return error_response(error, headers)
-    except (UnknownModel, WrongModelMode) as exc:
+    except UnknownModel as exc:
         return error_response(
-            APIError(404, f"Unknown model '{exc.model}' for this endpoint.", param="model", code="model_not_found"),
+            APIError(404, f"Unknown model '{exc.model}'.", param="model", code="model_not_found"), headers
+        )
+    except WrongModelMode as exc:
+        return error_response(
+            APIError(
+                400,
+                f"'{exc.model}' is an {exc.mode} model; set mode accordingly.",
+                param="mode",
+                code="model_not_supported",
+            ),
             headers,
         )
     return json_response(explanation, headers=headers)
@@ -97,8 +106,17 @@ def facts_from_query(query: dict[str, Any]) -> tuple[RequestFacts, RequestContex
         has_tools=bool(query.get("tools")),
         has_images=bool(query.get("images")),
         has_json_schema=bool(query.get("json_schema")),
-        requested_output_tokens=query.get("max_tokens"),
+        requested_output_tokens=_count(query, "max_tokens"),
     )
-    facts.prompt_tokens = int(query.get("prompt_tokens") or 0)
+    facts.prompt_tokens = _count(query, "prompt_tokens") or 0
     context = RequestContext(tenant=query.get("tenant"), team=query.get("team"), feature=query.get("feature"))
     return facts, context
+
+
+def _count(query: dict[str, Any], name: str) -> int | None:
+    value = query.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise APIError(400, f"'{name}' must be a non-negative integer.", param=name, code="invalid_value")
+    return value

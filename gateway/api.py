@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -197,47 +198,62 @@ async def _start_stream(
             ),
             headers,
         )
+    except BaseException:
+        record.end(time.monotonic(), ok=False)
+        await chunks.aclose()  # type: ignore[attr-defined]
+        raise
     record.first_token(time.monotonic())
+    outcome = _StreamOutcome()
+
+    async def finish() -> None:
+        """Runs however the response ends: close the upstream stream and settle the call's stats."""
+        await chunks.aclose()  # type: ignore[attr-defined]
+        now = time.monotonic()
+        if outcome.ok is None:
+            record.abandon(now)
+        else:
+            record.end(now, ok=outcome.ok, output_tokens=outcome.output_tokens, cold_start=call.facts.cold_start)
+
     # What is known once the answer has started (a cold start, for one) goes out with the headers.
-    events = _sse_events(request, first, chunks, call, record)
-    return SSEResponse(events, {**headers, **call.facts.headers()})
+    events = _sse_events(request, first, chunks, call.params.wants_usage_chunk, outcome)
+    return SSEResponse(events, {**headers, **call.facts.headers()}, on_close=finish)
+
+
+@dataclass(slots=True)
+class _StreamOutcome:
+    ok: bool | None = None  # None: the client left, which says nothing about the deployment
+    output_tokens: int | None = None
 
 
 async def _sse_events(
-    request: Request, first: StreamChunk, chunks: AsyncIterator[StreamChunk], call: ChatRequest, record: CallRecord
+    request: Request,
+    first: StreamChunk,
+    chunks: AsyncIterator[StreamChunk],
+    wants_usage: bool,
+    outcome: _StreamOutcome,
 ) -> AsyncIterator[bytes]:
-    wants_usage = call.params.wants_usage_chunk
     chunk = first
-    output_tokens: int | None = None
-    outcome: bool | None = None  # None: the client left, which says nothing about the deployment
     try:
         while True:
             data = chunk.data
             usage = data.get("usage")
             if usage:
-                output_tokens = usage.get("completion_tokens")
+                outcome.output_tokens = usage.get("completion_tokens")
             # Adapters always end with a usage-only chunk; clients that did not ask for it don't get it.
             if wants_usage or data.get("choices") or not usage:
                 yield b"data: " + (chunk.raw if chunk.raw is not None else orjson.dumps(data)) + b"\n\n"
             chunk = await anext(chunks)
     except StopAsyncIteration:
-        outcome = True
+        outcome.ok = True
         yield b"data: [DONE]\n\n"
     except ProviderError as error:
-        outcome = False
+        outcome.ok = False
         # Headers are gone: tell the SDK in-band, which raises it as an APIError (no silent cut).
         yield sse_error_event(from_provider_error(error))
     except Exception as exc:
-        outcome = False
+        outcome.ok = False
         log_unexpected(request, exc)
         yield sse_error_event(internal_error())
-    finally:
-        now = time.monotonic()
-        if outcome is None:
-            record.abandon(now)
-        else:
-            record.end(now, ok=outcome, output_tokens=output_tokens, cold_start=call.facts.cold_start)
-        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 # --- helpers -----------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def render_explanation(explanation: dict) -> str:  # type: ignore[type-arg]
     ]
     if explanation.get("explore_share"):
         lines.append(f"  ({explanation['explore_share']:.0%} of traffic explores deployments with few observations)")
-    lines.append("candidates, in the order they are tried:" if explanation["candidates"] else "no candidates:")
+    lines.append("candidates, best first:" if explanation["candidates"] else "no candidates:")
     for candidate in explanation["candidates"]:
         lines.append(f"  {candidate['rank']}. {candidate['deployment']}: {candidate['reason']}")
     if explanation["filtered_out"]:

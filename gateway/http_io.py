@@ -12,7 +12,7 @@ import asyncio
 import logging
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -162,12 +162,18 @@ class SSEResponse(Response):
     client.
     """
 
-    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        headers: Mapping[str, str],
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         # No call to Response.__init__: it would set `content-length: 0` for the empty initial body.
         self.status_code = 200
         self.background = None
         self.init_headers({**SSE_HEADERS, **headers})
         self.events = events
+        self.on_close = on_close  # runs however the response ends, even if `events` never started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         streaming_task = asyncio.current_task()
@@ -200,3 +206,5 @@ class SSEResponse(Response):
             aclose = getattr(self.events, "aclose", None)
             if aclose is not None:
                 await aclose()
+            if self.on_close is not None:
+                await self.on_close()

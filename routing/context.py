@@ -8,14 +8,14 @@ is tokenized at most once per process (a conversation resends the same history o
 
 from __future__ import annotations
 
-import functools
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from providers.schema import ChatCompletionRequest, ImagePart, JSONSchemaFormat, UserMessage
-from providers.tokens import count_messages
+from providers.tokens import count_messages, count_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +40,29 @@ class RequestContext:
     route_override: str | None = None  # an alias asked for by header; honoured only if the policy allows it
 
 
-@functools.lru_cache(maxsize=8192)
-def _message_tokens(message_json: bytes) -> int:
-    return count_messages([orjson.loads(message_json)]) - count_messages([])
+_token_cache: dict[bytes, int] = {}
+_TOKEN_CACHE_SIZE = 8192
+
+
+def _cached_tokens(value: Any, count: Any) -> int:
+    """Tokens of a message (or tool list), counted once per process. Keyed by a 16-byte digest, not by
+    the content, so the cache's memory stays small whatever clients send."""
+    serialized = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    key = hashlib.blake2b(serialized, digest_size=16).digest()
+    cached = _token_cache.get(key)
+    if cached is None:
+        if len(_token_cache) >= _TOKEN_CACHE_SIZE:
+            _token_cache.pop(next(iter(_token_cache)))  # oldest first: dicts keep insertion order
+        cached = _token_cache[key] = count(value)
+    return cached
+
+
+def _message_tokens(message: dict[str, Any]) -> int:
+    return count_messages([message]) - count_messages([])
+
+
+def _tool_tokens(tools: list[Any]) -> int:
+    return count_text(orjson.dumps(tools).decode())
 
 
 @dataclass(slots=True)
@@ -54,6 +74,8 @@ class RequestFacts:
     has_json_schema: bool = False
     requested_output_tokens: int | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
+    tools: list[Any] | None = None
+    response_schema: dict[str, Any] | None = None
     _prompt_tokens: int | None = None
 
     @classmethod
@@ -70,14 +92,21 @@ class RequestFacts:
             has_json_schema=isinstance(params.response_format, JSONSchemaFormat),
             requested_output_tokens=params.output_token_limit,
             messages=body["messages"],
+            tools=body.get("tools"),
+            response_schema=body.get("response_format")
+            if isinstance(params.response_format, JSONSchemaFormat)
+            else None,
         )
 
     @property
     def prompt_tokens(self) -> int:
+        """Prompt tokens as the provider will bill them: messages, plus tool definitions and a JSON schema,
+        which are part of the prompt too."""
         if self._prompt_tokens is None:
-            self._prompt_tokens = count_messages([]) + sum(
-                _message_tokens(orjson.dumps(message, option=orjson.OPT_SORT_KEYS)) for message in self.messages
-            )
+            total = count_messages([]) + sum(_cached_tokens(message, _message_tokens) for message in self.messages)
+            extras = [value for value in (self.tools, self.response_schema) if value]
+            total += sum(_cached_tokens(value, _tool_tokens) for value in extras)
+            self._prompt_tokens = total
         return self._prompt_tokens
 
     @prompt_tokens.setter

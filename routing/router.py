@@ -133,7 +133,6 @@ class Router:
                 )
                 for deployment in model.deployments
             )
-        self.stats.retain({d.key for plan in self._deployments.values() for d in plan})
         self._aliases_by_mode: dict[str, set[str]] = {}
         for alias, model in models.items():
             self._aliases_by_mode.setdefault(model.mode, set()).add(alias)

@@ -15,11 +15,16 @@ from dataclasses import dataclass, field
 # 1 ms .. ~20 min, 12 buckets per decade (each ~21% wide): quantile error well under the bucket width.
 _BOUNDS = [0.001 * 10 ** (i / 12) for i in range(12 * 6 + 2)]
 MIN_OBSERVATIONS = 10  # below this a deployment's estimates are not trusted: it is explored, not judged
+_RECENT_EVIDENCE = 3.0  # decayed weight of recent calls below which old estimates are re-checked
 
 
 class DecayingQuantiles:
+    """Each bucket keeps its (decayed) count and the sum of its values, so a quantile is read as the mean
+    of the bucket it falls in: exact for values that cluster, within half a bucket (~10%) otherwise."""
+
     def __init__(self, half_life_s: float = 300.0) -> None:
         self._counts = [0.0] * (len(_BOUNDS) + 1)
+        self._sums = [0.0] * (len(_BOUNDS) + 1)
         self._half_life_s = half_life_s
         self._last = 0.0
         self.total = 0.0
@@ -30,12 +35,15 @@ class DecayingQuantiles:
             return
         factor = 0.5 ** (elapsed / self._half_life_s)
         self._counts = [count * factor for count in self._counts]
+        self._sums = [total * factor for total in self._sums]
         self.total *= factor
         self._last = now
 
     def observe(self, value_s: float, now: float) -> None:
         self._decay(now)
-        self._counts[bisect.bisect_left(_BOUNDS, value_s)] += 1.0
+        index = bisect.bisect_left(_BOUNDS, value_s)
+        self._counts[index] += 1.0
+        self._sums[index] += value_s
         self.total += 1.0
 
     def quantile(self, q: float, now: float) -> float | None:
@@ -43,10 +51,12 @@ class DecayingQuantiles:
         if self.total <= 0:
             return None
         target, running = q * self.total, 0.0
-        for index, count in enumerate(self._counts):
+        for count, total in zip(self._counts, self._sums, strict=True):
+            if count <= 0:
+                continue
             running += count
-            if running >= target and count > 0:
-                return _BOUNDS[min(index, len(_BOUNDS) - 1)]  # the bucket's upper bound: errs on the slow side
+            if running >= target:
+                return total / count
         return _BOUNDS[-1]
 
 
@@ -73,7 +83,15 @@ class DeploymentStats:
 
     @property
     def trusted(self) -> bool:
-        return self.observations >= MIN_OBSERVATIONS
+        """Enough recent evidence to judge. Evidence decays: a deployment that got no traffic for a long
+        while (say, after one bad spell) becomes untrusted again, so exploration re-checks it."""
+        return self.observations >= MIN_OBSERVATIONS and self.latency.total >= _RECENT_EVIDENCE
+
+    def ttft_bound(self, q: float, now: float) -> float | None:
+        """The q-quantile of time to first token. Without streamed calls, a non-streamed answer's total
+        time is used: the first token cannot have come later than the whole answer."""
+        value = self.ttft.quantile(q, now)
+        return value if value is not None else self.latency.quantile(q, now)
 
     def idle_for(self, now: float) -> float:
         return math.inf if self.last_used is None else now - self.last_used
@@ -93,7 +111,7 @@ class DeploymentStats:
 
 
 class CallRecord:
-    """One call's contribution to its deployment's stats; `end` must run exactly once (use try/finally)."""
+    """One call's contribution to its deployment's stats; `end` or `abandon` must run exactly once."""
 
     __slots__ = ("_stats", "_started", "_first_token", "_was_cold", "_ended")
 
@@ -104,7 +122,7 @@ class CallRecord:
         self._was_cold = was_cold
         self._ended = False
         stats.in_flight += 1
-        stats.last_used = now
+        # `last_used` moves only when a call ends: a deployment still booting for this call is still cold.
 
     def first_token(self, now: float) -> None:
         if self._first_token is None:
@@ -122,24 +140,25 @@ class CallRecord:
         self._ended = True
         stats = self._stats
         stats.in_flight -= 1
-        stats.last_used = now
+        stats.observations += 1
         stats.error_rate.add(0.0 if ok else 1.0)
         if not ok:
             return
-        stats.observations += 1
-        first = self._first_token if self._first_token is not None else now
-        ttft = first - self._started
+        stats.last_used = now
+        total = now - self._started
         cold = self._was_cold if cold_start is None else cold_start
         if cold:
             # A cold call's wait is the cold-start penalty, not the deployment's normal speed.
-            typical = stats.ttft.quantile(0.5, now) or 0.0
-            stats.cold_start_s.add(max(ttft - typical, 0.0))
-        else:
-            stats.ttft.observe(ttft, now)
-            stats.latency.observe(now - self._started, now)
+            typical = stats.ttft_bound(0.5, now) or 0.0
+            first = self._first_token if self._first_token is not None else now
+            stats.cold_start_s.add(max(first - self._started - typical, 0.0))
+            return
+        stats.latency.observe(total, now)
+        if self._first_token is not None:  # streamed: a real time to first token
+            stats.ttft.observe(self._first_token - self._started, now)
         if output_tokens:
             stats.output_tokens.add(float(output_tokens))
-            generating = now - first
+            generating = now - (self._first_token if self._first_token is not None else self._started)
             if generating > 0.001:
                 stats.tokens_per_s.add(output_tokens / generating)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from routing.config import ModelAliasConfig
 from routing.context import RequestFacts
-from routing.stats import DeploymentStats, LiveStats
+from routing.stats import MIN_OBSERVATIONS, DeploymentStats, LiveStats
 
 DEFAULT_OUTPUT_TOKENS = 256  # expected answer length before any has been observed
 
@@ -66,17 +66,23 @@ class Inputs:
         return cost
 
     def ttft_p95(self, deployment: Any) -> float | None:
-        p95 = self.of(deployment).ttft.quantile(0.95, self.now)
+        p95 = self.of(deployment).ttft_bound(0.95, self.now)
         return None if p95 is None else p95 + self.cold_penalty(deployment)
 
     def expected_latency(self, deployment: Any) -> float:
+        """Expected time to the whole answer, stretched by the share of calls that fail."""
         stats = self.of(deployment)
         ttft = stats.ttft.quantile(0.5, self.now)
-        if ttft is None:
-            return math.inf
-        speed = stats.tokens_per_s.value
-        generation = self.expected_output(deployment) / speed if speed else 0.0
-        return ttft + generation + self.cold_penalty(deployment)
+        if ttft is not None:
+            speed = stats.tokens_per_s.value
+            latency = ttft + (self.expected_output(deployment) / speed if speed else 0.0)
+        else:
+            observed = stats.latency.quantile(0.5, self.now)  # only non-streamed calls so far
+            if observed is None:
+                return math.inf
+            latency = observed
+        failing = min(stats.error_rate.value or 0.0, 0.9)
+        return latency / (1.0 - failing) + self.cold_penalty(deployment)
 
 
 def _stable(candidates: list[Candidate], order: Sequence[Any]) -> list[Candidate]:
@@ -136,25 +142,26 @@ def latency_slo(deployments: Sequence[Any], inputs: Inputs) -> list[Candidate]:
     slo_s = inputs.alias.slo.ttft_p95_ms / 1000.0
     meeting, unknown, missing = [], [], []
     for d in deployments:
+        stats = inputs.of(d)
         p95 = inputs.ttft_p95(d)
-        if p95 is None or not inputs.of(d).trusted:
-            unknown.append(d)
+        failing = stats.error_rate.value or 0.0
+        if p95 is None or not stats.trusted:
+            unknown.append(Candidate(d, math.inf, "not enough recent observations to judge against the SLO"))
+        elif failing > 0.5:
+            missing.append(Candidate(d, inputs.expected_latency(d), f"failing: {failing:.0%} of recent calls"))
         elif p95 <= slo_s:
+            cost = inputs.cost(d)
             meeting.append(
                 Candidate(
-                    d,
-                    inputs.cost(d),
-                    f"p95 TTFT {p95 * 1000:.0f} ms meets the {slo_s * 1000:.0f} ms SLO; "
-                    f"estimated ${inputs.cost(d):.6f}",
+                    d, cost, f"p95 TTFT {p95 * 1000:.0f} ms meets the {slo_s * 1000:.0f} ms SLO; estimated ${cost:.6f}"
                 )
             )
         else:
             missing.append(Candidate(d, p95, f"p95 TTFT {p95 * 1000:.0f} ms misses the {slo_s * 1000:.0f} ms SLO"))
-    ranked = _stable(meeting, deployments)
-    # With nothing known to meet the SLO, untested deployments come before known-slow ones: they might.
-    ranked += [Candidate(d, math.inf, "not enough observations to judge against the SLO") for d in unknown]
-    ranked += _stable(missing, deployments)
-    return ranked
+    if meeting:
+        return _stable(meeting, deployments) + unknown + _stable(missing, deployments)
+    # Nothing is known to meet the SLO: the fastest known first; unknowns are left to exploration.
+    return _stable(missing, deployments) + unknown
 
 
 STRATEGIES: dict[str, Callable[[Sequence[Any], Inputs], list[Candidate]]] = {
@@ -173,7 +180,14 @@ def explore(ranked: list[Candidate], inputs: Inputs) -> list[Candidate]:
     share = inputs.alias.explore_share
     if share <= 0 or len(ranked) < 2 or inputs.rng.random() >= share:
         return ranked
-    untested = [c for c in ranked[1:] if not inputs.of(c.deployment).trusted]
+    # A scale-to-zero deployment that went cold after its stats were established is not explored (a user
+    # would wait out its boot; keep-warm pings keep it in play), but one still being learnt is.
+    untested = [
+        c
+        for c in ranked[1:]
+        if not inputs.of(c.deployment).trusted
+        and (inputs.of(c.deployment).observations < MIN_OBSERVATIONS or not inputs.is_cold(c.deployment))
+    ]
     if not untested:
         return ranked
     # The least-observed first, so every newcomer earns trusted stats at the same pace.

@@ -114,3 +114,11 @@ def test_reload_under_load_loses_no_request(served: tuple[str, Path]) -> None:
     served_by = [model for _, model in results]
     assert set(served_by) == {"v1", "v3"}
     assert served_by.index("v3") > 0 and "v1" not in served_by[served_by.index("v3") + 8 :]  # one switch, for good
+
+
+def test_a_config_that_validates_but_cannot_be_built_keeps_the_running_one(served: tuple[str, Path]) -> None:
+    url, path = served
+    path.write_text(config_text("v2").replace("providers:", "server: {http_client: {proxy: 'socks9://x'}}\nproviders:"))
+    response = httpx.post(url + "/admin/config/reload", headers=ADMIN)
+    assert response.status_code == 400 and "cannot build" in response.json()["errors"][0]
+    assert served_model(url) == "v1"

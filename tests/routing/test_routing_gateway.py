@@ -205,3 +205,54 @@ def test_route_explain_cli_on_the_example_config(repo_root: Path) -> None:
     assert "alias 'chat-fast' (chosen by the requested model); strategy latency-slo, SLO p95 TTFT 300 ms" in out
     assert "serverless/small-1: cannot do what the request needs: json_schema" in out
     assert "budget-api/small-1: needs 36000 tokens (prompt 20000 + output 16000); the context window is 32000" in out
+
+
+def test_no_call_is_left_in_flight_whatever_its_outcome(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from providers.mock import MockAdapter
+
+    for stream in (False, True):
+        httpx.post(url + "/v1/chat/completions", json={"model": "frontier", "messages": SHORT, "stream": stream})
+    original = MockAdapter.stream
+
+    async def broken_first_chunk(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug before the first chunk")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(MockAdapter, "stream", broken_first_chunk)
+    assert (
+        httpx.post(
+            url + "/v1/chat/completions", json={"model": "frontier", "messages": SHORT, "stream": True}
+        ).status_code
+        == 500
+    )
+    monkeypatch.setattr(MockAdapter, "stream", original)
+    with httpx.stream(
+        "POST", url + "/v1/chat/completions", json={"model": "frontier", "messages": SHORT, "stream": True}
+    ) as response:
+        next(response.iter_lines())  # leave mid-stream
+    deadline = __import__("time").monotonic() + 3
+    while True:
+        data = httpx.get(url + "/admin/deployments", headers=ADMIN).json()["data"]
+        if all(d["stats"]["in_flight"] == 0 for d in data):
+            break
+        assert __import__("time").monotonic() < deadline, data
+
+
+def test_explain_rejects_bad_numbers(url: str) -> None:
+    response = httpx.post(url + "/admin/route/explain", headers=ADMIN, json={"model": "cheap", "max_tokens": "100"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "max_tokens"
+
+
+def test_prompt_tokens_count_tool_definitions_too() -> None:
+    from providers.schema import ChatCompletionRequest
+    from routing.context import RequestFacts
+
+    tool = {
+        "type": "function",
+        "function": {"name": "lookup", "description": "word " * 500, "parameters": {"type": "object"}},
+    }
+    plain = {"model": "m", "messages": SHORT}
+    with_tools = {**plain, "tools": [tool]}
+    base = RequestFacts.of_chat(ChatCompletionRequest.model_validate(plain), plain).prompt_tokens
+    more = RequestFacts.of_chat(ChatCompletionRequest.model_validate(with_tools), with_tools).prompt_tokens
+    assert more - base >= 500
