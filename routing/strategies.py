@@ -15,7 +15,7 @@ from typing import Any
 
 from routing.config import ModelAliasConfig
 from routing.context import RequestFacts
-from routing.stats import MIN_OBSERVATIONS, DeploymentStats, LiveStats
+from routing.stats import DeploymentStats, LiveStats
 
 DEFAULT_OUTPUT_TOKENS = 256  # expected answer length before any has been observed
 
@@ -180,14 +180,10 @@ def explore(ranked: list[Candidate], inputs: Inputs) -> list[Candidate]:
     share = inputs.alias.explore_share
     if share <= 0 or len(ranked) < 2 or inputs.rng.random() >= share:
         return ranked
-    # A scale-to-zero deployment that went cold after its stats were established is not explored (a user
-    # would wait out its boot; keep-warm pings keep it in play), but one still being learnt is.
-    untested = [
-        c
-        for c in ranked[1:]
-        if not inputs.of(c.deployment).trusted
-        and (inputs.of(c.deployment).observations < MIN_OBSERVATIONS or not inputs.is_cold(c.deployment))
-    ]
+    # Only deployments without trusted, recent stats are explored. A scale-to-zero deployment that went
+    # cold while its stats are fresh is not (it is ranked with its cold-start penalty instead); once its
+    # evidence has decayed it is re-checked, and that one request pays its boot.
+    untested = [c for c in ranked[1:] if not inputs.of(c.deployment).trusted]
     if not untested:
         return ranked
     # The least-observed first, so every newcomer earns trusted stats at the same pace.
