@@ -89,17 +89,9 @@ async def chat_completions(request: Request) -> Response:
     record = runtime.router.begin_call(deployment)
     if params.stream:
         return await _start_stream(request, deployment, call, options, headers, record)
-    try:
-        completion = await unless_client_leaves(request, deployment.adapter.chat(deployment.model, call, options))
-    except ProviderError as error:
-        record.end(time.monotonic(), ok=False)
-        return error_response(from_provider_error(error), headers)
-    except ClientGone:
-        record.abandon(time.monotonic())
-        return CLIENT_GONE
-    except BaseException:
-        record.end(time.monotonic(), ok=False)
-        raise
+    completion = await _settled(request, deployment.adapter.chat(deployment.model, call, options), record, headers)
+    if isinstance(completion, Response):
+        return completion
     usage = completion.get("usage") or {}
     record.end(
         time.monotonic(), ok=True, output_tokens=usage.get("completion_tokens"), cold_start=call.facts.cold_start
@@ -126,19 +118,10 @@ async def embeddings(request: Request) -> Response:
     headers.update(_served_by(deployment))
     options = _call_options(request, deployment, streaming=False)
     record = runtime.router.begin_call(deployment)
-    try:
-        result = await unless_client_leaves(
-            request, deployment.adapter.embed(deployment.model, EmbedRequest(body=body, params=params), options)
-        )
-    except ProviderError as error:
-        record.end(time.monotonic(), ok=False)
-        return error_response(from_provider_error(error), headers)
-    except ClientGone:
-        record.abandon(time.monotonic())
-        return CLIENT_GONE
-    except BaseException:
-        record.end(time.monotonic(), ok=False)
-        raise
+    work = deployment.adapter.embed(deployment.model, EmbedRequest(body=body, params=params), options)
+    result = await _settled(request, work, record, headers)
+    if isinstance(result, Response):
+        return result
     record.end(time.monotonic(), ok=True)
     return json_response(result, headers=headers)
 
@@ -161,6 +144,24 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
     if model_id not in runtime.config.models:
         return error_response(_model_not_found(model_id), headers)
     return json_response(_model_object(runtime, model_id), headers=headers)
+
+
+async def _settled(
+    request: Request, work: Awaitable[dict[str, Any]], record: CallRecord, headers: dict[str, str]
+) -> dict[str, Any] | Response:
+    """Await a non-streamed upstream call; on failure or a departed client, settle its stats and return
+    the response to send. On success the caller settles the stats, since only it knows the usage."""
+    try:
+        return await unless_client_leaves(request, work)
+    except ProviderError as error:
+        record.end(time.monotonic(), ok=False)
+        return error_response(from_provider_error(error), headers)
+    except ClientGone:
+        record.abandon(time.monotonic())
+        return CLIENT_GONE
+    except BaseException:
+        record.end(time.monotonic(), ok=False)
+        raise
 
 
 # --- streaming ---------------------------------------------------------------------------------------

@@ -26,9 +26,11 @@ from providers.errors import ErrorKind
 from providers.schema import (
     ChatCompletionRequest,
     ChatRequest,
+    ChunkFactory,
     EmbedRequest,
     NamedToolChoice,
     StreamChunk,
+    Usage,
     encode_embedding,
     new_completion_id,
     now_s,
@@ -98,33 +100,20 @@ class MockAdapter(ProviderAdapter):
                 }
                 for choice in choices
             ],
-            "usage": self._usage(request, output_tokens),
+            "usage": self._usage(request, output_tokens).to_openai(),
         }
 
     async def stream(self, model: str, request: ChatRequest, options: CallOptions) -> AsyncIterator[StreamChunk]:
         choices = self._generate(model, request)
         await self._wait(options, self._first_token_s(request), first_token=True)
-        completion_id, created = new_completion_id(), now_s()
+        chunks = ChunkFactory(new_completion_id(), now_s(), model, system_fingerprint="fp_mock")
         per_token_s = 1 / self.config.tokens_per_s if self.config.tokens_per_s else 0.0
         params = request.params
-
-        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> StreamChunk:
-            return StreamChunk(
-                {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "fp_mock",
-                    "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-                }
-            )
 
         for choice in choices:
             if choice.tool_call is not None:
                 call = choice.tool_call
-                yield chunk(
-                    choice.index,
+                yield chunks.delta(
                     {
                         "role": "assistant",
                         "content": None,
@@ -137,12 +126,14 @@ class MockAdapter(ProviderAdapter):
                             }
                         ],
                     },
+                    index=choice.index,
                 )
                 for piece in _pieces(call["function"]["arguments"], 12):
                     await self._pace(per_token_s, options)
-                    yield chunk(choice.index, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                    delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                    yield chunks.delta(delta, index=choice.index)
             else:
-                yield chunk(choice.index, {"role": "assistant", "content": ""})
+                yield chunks.delta({"role": "assistant", "content": ""}, index=choice.index)
                 enc = encoding()
                 for token in choice.tokens:
                     await self._pace(per_token_s, options)
@@ -152,20 +143,10 @@ class MockAdapter(ProviderAdapter):
                             "content": [_token_logprob(token, choice.rng, params.top_logprobs or 0)],
                             "refusal": None,
                         }
-                    yield chunk(choice.index, {"content": enc.decode([token])}, logprobs=logprobs)
-            yield chunk(choice.index, {}, finish=choice.finish_reason)
+                    yield chunks.delta({"content": enc.decode([token])}, index=choice.index, logprobs=logprobs)
+            yield chunks.delta({}, index=choice.index, finish=choice.finish_reason)
         output_tokens = sum(_choice_token_count(choice) for choice in choices)
-        yield StreamChunk(
-            {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "system_fingerprint": "fp_mock",
-                "choices": [],
-                "usage": self._usage(request, output_tokens),
-            }
-        )
+        yield chunks.usage(self._usage(request, output_tokens))
 
     async def embed(self, model: str, request: EmbedRequest, options: CallOptions) -> dict[str, Any]:
         params = request.params
@@ -234,17 +215,11 @@ class MockAdapter(ProviderAdapter):
             return orjson.dumps(_example(schema, rng)).decode()
         return sentence
 
-    def _usage(self, request: ChatRequest, output_tokens: int) -> dict[str, Any]:
+    def _usage(self, request: ChatRequest, output_tokens: int) -> Usage:
         prompt_tokens = count_messages(request.body["messages"])
         if request.body.get("tools"):
             prompt_tokens += count_text(orjson.dumps(request.body["tools"]).decode())
-        return {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": output_tokens,
-            "total_tokens": prompt_tokens + output_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        }
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=output_tokens)
 
     # --- timing and failures -----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from pydantic import Field, SecretStr
 from providers.base import CallOptions, ProviderAdapter, ProviderConfigBase
 from providers.errors import ErrorKind, ProviderError, kind_for_status
 from providers.http import parse_retry_after, request_timeout
-from providers.schema import ChatRequest, EmbedRequest, StreamChunk
+from providers.schema import ChatRequest, ChunkFactory, EmbedRequest, StreamChunk
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
 from providers.tokens import estimate_usage
@@ -188,16 +188,8 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             # ourselves rather than account the call at zero.
             usage = estimate_usage(request.body["messages"], text_parts)
             head = first_chunk or {}
-            yield StreamChunk(
-                {
-                    "id": head.get("id", ""),
-                    "object": "chat.completion.chunk",
-                    "created": head.get("created", 0),
-                    "model": head.get("model", model),
-                    "choices": [],
-                    "usage": usage.to_openai(),
-                }
-            )
+            chunks = ChunkFactory(head.get("id", ""), head.get("created", 0), head.get("model", model))
+            yield chunks.usage(usage)
 
     async def embed(self, model: str, request: EmbedRequest, options: CallOptions) -> dict[str, Any]:
         body = dict(request.body)

@@ -333,6 +333,41 @@ class StreamChunk:
 
 
 @dataclass(slots=True)
+class ChunkFactory:
+    """Builds the `chat.completion.chunk`s of one streamed answer: same id, created and model on every
+    chunk, as OpenAI's clients expect. Used by every adapter that translates a non-OpenAI stream."""
+
+    completion_id: str
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+
+    def choices(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> StreamChunk:
+        data: dict[str, Any] = {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.system_fingerprint is not None:
+            data["system_fingerprint"] = self.system_fingerprint
+        if usage is not None:
+            data["usage"] = usage.to_openai()
+        return StreamChunk(data)
+
+    def delta(
+        self, delta: dict[str, Any], *, index: int = 0, finish: str | None = None, logprobs: Any = None
+    ) -> StreamChunk:
+        return self.choices([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}])
+
+    def usage(self, usage: Usage) -> StreamChunk:
+        """The final usage-only chunk (`choices: []`), sent whatever the client asked; the edge drops it
+        for clients that did not ask for it."""
+        return self.choices([], usage=usage)
+
+
+@dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0

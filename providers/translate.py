@@ -58,3 +58,26 @@ def function_arguments(call: Any, param: str, provider: str) -> dict[str, Any]:
     if not isinstance(arguments, dict):
         raise invalid("Tool-call arguments must be a JSON object.", f"{param}.function.arguments")
     return arguments
+
+
+class Turns:
+    """Conversation turns for APIs that insist roles alternate (Bedrock, Vertex, Anthropic): content for the
+    same role as the previous turn joins that turn (e.g. several tool results become one user turn)."""
+
+    def __init__(self, items_key: str = "content") -> None:
+        self.items_key = items_key  # "content" (Bedrock, Anthropic) or "parts" (Gemini)
+        self.turns: list[dict[str, Any]] = []
+
+    def add(self, role: str, items: list[dict[str, Any]]) -> None:
+        if not items:
+            return
+        if self.turns and self.turns[-1]["role"] == role:
+            self.turns[-1][self.items_key].extend(items)
+        else:
+            self.turns.append({"role": role, self.items_key: items})
+
+
+def single_choice(n: int | None, provider: str) -> None:
+    """Providers that answer once per call cannot honour `n` > 1: say so rather than return fewer choices."""
+    if (n or 1) > 1:
+        raise invalid(f"{provider} returns one choice per call: n must be 1.", "n")

@@ -21,7 +21,7 @@ from providers.anthropic.mapping import (
 from providers.base import CallOptions, ProviderAdapter
 from providers.errors import ErrorKind, ProviderError, kind_for_status
 from providers.http import parse_retry_after, request_timeout
-from providers.schema import ChatRequest, StreamChunk, Usage, new_completion_id, now_s
+from providers.schema import ChatRequest, ChunkFactory, StreamChunk, Usage, new_completion_id, now_s
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
 from providers.tokens import estimate_usage
@@ -86,7 +86,7 @@ class AnthropicAdapter(ProviderAdapter):
         usage = state.usage()
         if usage is None:
             usage = estimate_usage(request.body["messages"], state.text_parts)
-        yield state.chunk([], usage=usage.to_openai())
+        yield state.chunks.usage(usage)
 
     def _plan(self, request: ChatRequest) -> MessagesPlan:
         try:
@@ -145,9 +145,7 @@ class _StreamState:
 
     def __init__(self, plan: MessagesPlan, model: str, created: int) -> None:
         self.plan = plan
-        self.model = model
-        self.created = created
-        self.completion_id = new_completion_id()
+        self.chunks = ChunkFactory(new_completion_id(), created, model)
         self.tool_index_by_block: dict[int, int] = {}
         self.json_blocks: set[int] = set()
         self.start_usage: dict[str, Any] = {}
@@ -155,21 +153,6 @@ class _StreamState:
         self.stopped = False
         self.stop_reason: str | None = None
         self.text_parts: list[str] = []
-
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> StreamChunk:
-        data: dict[str, Any] = {
-            "id": self.completion_id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if usage is not None:
-            data["usage"] = usage
-        return StreamChunk(data)
-
-    def delta(self, delta: dict[str, Any], finish: str | None = None) -> StreamChunk:
-        return self.chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
 
     def usage(self) -> Usage | None:
         if not self.start_usage and not self.final_usage:
@@ -182,10 +165,10 @@ class _StreamState:
         if kind == "message_start":
             message = event.get("message") or {}
             if message.get("id"):
-                self.completion_id = "chatcmpl-" + str(message["id"]).removeprefix("msg_")
-            self.model = message.get("model") or self.model
+                self.chunks.completion_id = "chatcmpl-" + str(message["id"]).removeprefix("msg_")
+            self.chunks.model = message.get("model") or self.chunks.model
             self.start_usage = message.get("usage") or {}
-            return [self.delta({"role": "assistant", "content": ""})]
+            return [self.chunks.delta({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
             block = event.get("content_block") or {}
             position = int(event.get("index", 0))
@@ -200,24 +183,24 @@ class _StreamState:
                     "type": "function",
                     "function": {"name": block.get("name"), "arguments": ""},
                 }
-                return [self.delta({"tool_calls": [call]})]
+                return [self.chunks.delta({"tool_calls": [call]})]
             if block.get("type") == "text" and block.get("text"):
                 self.text_parts.append(block["text"])
-                return [self.delta({"content": block["text"]})]
+                return [self.chunks.delta({"content": block["text"]})]
             return []
         if kind == "content_block_delta":
             position = int(event.get("index", 0))
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
                 self.text_parts.append(delta.get("text", ""))
-                return [self.delta({"content": delta.get("text", "")})]
+                return [self.chunks.delta({"content": delta.get("text", "")})]
             if delta.get("type") == "input_json_delta":
                 piece = delta.get("partial_json", "")
                 self.text_parts.append(piece)
                 if position in self.json_blocks:
-                    return [self.delta({"content": piece})]
+                    return [self.chunks.delta({"content": piece})]
                 index = self.tool_index_by_block.get(position, 0)
-                return [self.delta({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})]
+                return [self.chunks.delta({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})]
             return []  # thinking and signature deltas have no OpenAI chat equivalent
         if kind == "message_delta":
             self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
@@ -228,5 +211,5 @@ class _StreamState:
             reason = finish_reason(
                 self.stop_reason, has_tool_calls=bool(self.tool_index_by_block), json_via_tool=self.plan.json_via_tool
             )
-            return [self.delta({}, finish=reason)]
+            return [self.chunks.delta({}, finish=reason)]
         return []  # ping, and event types added after this was written

@@ -28,7 +28,7 @@ from providers.schema import (
     Usage,
     UserMessage,
 )
-from providers.translate import data_url, function_arguments, invalid, text_of
+from providers.translate import Turns, data_url, function_arguments, invalid, single_choice, text_of
 
 JSON_TOOL_NAME = "json_response"
 STOP_REASONS = {
@@ -49,18 +49,9 @@ class MessagesPlan:
 
 
 def to_messages(params: ChatCompletionRequest, *, default_max_tokens: int, json_mode: str) -> MessagesPlan:
-    if (params.n or 1) > 1:
-        raise invalid("Anthropic returns one choice per call: n must be 1.", "n")
+    single_choice(params.n, "Anthropic")
     system: list[str] = []
-    turns: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+    conversation = Turns("content")
 
     for index, message in enumerate(params.messages):
         if isinstance(message, SystemMessage | DeveloperMessage):
@@ -68,7 +59,7 @@ def to_messages(params: ChatCompletionRequest, *, default_max_tokens: int, json_
             if text:
                 system.append(text)
         elif isinstance(message, UserMessage):
-            add("user", _user_blocks(message, index))
+            conversation.add("user", _user_blocks(message, index))
         elif isinstance(message, AssistantMessage):
             blocks: list[dict[str, Any]] = []
             text = text_of(message.content)
@@ -77,7 +68,7 @@ def to_messages(params: ChatCompletionRequest, *, default_max_tokens: int, json_
             for position, call in enumerate(message.tool_calls or ()):
                 arguments = function_arguments(call, f"messages[{index}].tool_calls[{position}]", "Anthropic")
                 blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments})  # type: ignore[union-attr]
-            add("assistant", blocks)
+            conversation.add("assistant", blocks)
         elif isinstance(message, ToolMessage):
             result = {
                 "type": "tool_result",
@@ -85,13 +76,16 @@ def to_messages(params: ChatCompletionRequest, *, default_max_tokens: int, json_
                 "content": text_of(message.content),
                 "is_error": False,
             }
-            add("user", [result])
+            conversation.add("user", [result])
         elif isinstance(message, FunctionMessage):
             raise invalid(
                 "The deprecated 'function' role is not supported for Anthropic; use tools.", f"messages[{index}]"
             )
 
-    body: dict[str, Any] = {"messages": turns, "max_tokens": params.output_token_limit or default_max_tokens}
+    body: dict[str, Any] = {
+        "messages": conversation.turns,
+        "max_tokens": params.output_token_limit or default_max_tokens,
+    }
     if params.temperature is not None:
         body["temperature"] = min(params.temperature, 1.0)  # Anthropic's range is 0-1; OpenAI's is 0-2
     if params.top_p is not None:

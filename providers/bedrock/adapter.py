@@ -18,7 +18,15 @@ from providers.bedrock.mapping import ConversePlan, from_converse, to_converse
 from providers.bedrock.stream import ChunkBuilder, frames, incomplete_stream_error
 from providers.errors import ErrorKind, ProviderError
 from providers.http import request_timeout
-from providers.schema import ChatRequest, EmbedRequest, StreamChunk, encode_embedding, new_completion_id, now_s
+from providers.schema import (
+    ChatRequest,
+    ChunkFactory,
+    EmbedRequest,
+    StreamChunk,
+    encode_embedding,
+    new_completion_id,
+    now_s,
+)
 from providers.streaming import first_token_deadline, within_limits
 from providers.tokens import count_text, estimate_usage
 from providers.translate import invalid
@@ -51,7 +59,7 @@ class BedrockAdapter(ProviderAdapter):
 
     async def stream(self, model: str, request: ChatRequest, options: CallOptions) -> AsyncIterator[StreamChunk]:
         plan = self._plan(request)
-        builder = ChunkBuilder(completion_id=new_completion_id(), created=now_s(), model=model, plan=plan)
+        builder = ChunkBuilder(ChunkFactory(new_completion_id(), now_s(), model), plan)
         first_deadline = first_token_deadline(options)
         with self.failures_as_provider_errors("Bedrock"):
             async with asyncio.timeout_at(first_deadline):
@@ -67,7 +75,7 @@ class BedrockAdapter(ProviderAdapter):
                 raise incomplete_stream_error()
         if builder.usage is None:  # the metadata event never came: count, rather than record zero
             usage = estimate_usage(request.body["messages"], builder.text_parts)
-            yield builder.usage_chunk(usage)
+            yield builder.chunks.usage(usage)
 
     def _plan(self, request: ChatRequest) -> ConversePlan:
         try:

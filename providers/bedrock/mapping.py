@@ -29,7 +29,7 @@ from providers.schema import (
     Usage,
     UserMessage,
 )
-from providers.translate import data_url, function_arguments, invalid, text_of
+from providers.translate import Turns, data_url, function_arguments, invalid, single_choice, text_of
 
 #: The tool that carries a JSON answer in `json_mode: tool`.
 JSON_TOOL_NAME = "json_response"
@@ -63,18 +63,9 @@ class ConversePlan:
 
 
 def to_converse(params: ChatCompletionRequest, json_mode: str) -> ConversePlan:
-    if (params.n or 1) > 1:
-        raise invalid("Bedrock returns one choice per call: n must be 1.", "n")
+    single_choice(params.n, "Bedrock")
     system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
-        if not blocks:
-            return
-        if turns and turns[-1]["role"] == role:  # Converse wants strictly alternating roles
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+    conversation = Turns("content")
 
     for index, message in enumerate(params.messages):
         if isinstance(message, SystemMessage | DeveloperMessage):
@@ -82,17 +73,18 @@ def to_converse(params: ChatCompletionRequest, json_mode: str) -> ConversePlan:
             if text:
                 system.append({"text": text})
         elif isinstance(message, UserMessage):
-            add("user", _user_blocks(message, index))
+            conversation.add("user", _user_blocks(message, index))
         elif isinstance(message, AssistantMessage):
-            add("assistant", _assistant_blocks(message, index))
+            conversation.add("assistant", _assistant_blocks(message, index))
         elif isinstance(message, ToolMessage):
             result = {"toolUseId": message.tool_call_id, "content": [{"text": text_of(message.content)}]}
-            add("user", [{"toolResult": {**result, "status": "success"}}])
+            conversation.add("user", [{"toolResult": {**result, "status": "success"}}])
         elif isinstance(message, FunctionMessage):
             raise invalid(
                 "The deprecated 'function' role is not supported for Bedrock; use tools.", f"messages[{index}]"
             )
 
+    turns = conversation.turns
     body: dict[str, Any] = {"messages": turns}
     inference: dict[str, Any] = {}
     if params.output_token_limit is not None:

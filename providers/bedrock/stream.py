@@ -18,7 +18,7 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 from providers.bedrock.errors import error_kind, error_type_name
 from providers.bedrock.mapping import JSON_TOOL_NAME, ConversePlan, finish_reason, usage_from
 from providers.errors import ErrorKind, ProviderError
-from providers.schema import StreamChunk, Usage
+from providers.schema import ChunkFactory, StreamChunk, Usage
 
 
 async def frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[EventStreamMessage]:
@@ -38,38 +38,13 @@ async def frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[EventStreamMessa
 class ChunkBuilder:
     """Turns Converse stream events into `chat.completion.chunk`s for one answer."""
 
-    completion_id: str
-    created: int
-    model: str
+    chunks: ChunkFactory
     plan: ConversePlan
     tool_index_by_block: dict[int, int] = field(default_factory=dict)
     json_blocks: set[int] = field(default_factory=set)
     stop_reason: str | None = None
     usage: Usage | None = None
     text_parts: list[str] = field(default_factory=list)  # for a usage estimate if metadata never comes
-
-    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> StreamChunk:
-        return StreamChunk(
-            {
-                "id": self.completion_id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            }
-        )
-
-    def usage_chunk(self, usage: Usage) -> StreamChunk:
-        return StreamChunk(
-            {
-                "id": self.completion_id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage.to_openai(),
-            }
-        )
 
     def on_message(self, message: EventStreamMessage) -> StreamChunk | None:
         headers = message.headers
@@ -83,7 +58,7 @@ class ChunkBuilder:
 
     def on_event(self, event_type: str, event: dict[str, Any]) -> StreamChunk | None:
         if event_type == "messageStart":
-            return self.chunk({"role": "assistant", "content": ""})
+            return self.chunks.delta({"role": "assistant", "content": ""})
         if event_type == "contentBlockStart":
             use = (event.get("start") or {}).get("toolUse")
             if not use:
@@ -99,28 +74,28 @@ class ChunkBuilder:
                 "type": "function",
                 "function": {"name": use.get("name"), "arguments": ""},
             }
-            return self.chunk({"tool_calls": [call]})
+            return self.chunks.delta({"tool_calls": [call]})
         if event_type == "contentBlockDelta":
             block = int(event.get("contentBlockIndex", 0))
             delta = event.get("delta") or {}
             if "text" in delta:
                 self.text_parts.append(delta["text"])
-                return self.chunk({"content": delta["text"]})
+                return self.chunks.delta({"content": delta["text"]})
             if "toolUse" in delta:
                 piece = (delta["toolUse"] or {}).get("input", "")
                 self.text_parts.append(piece)
                 if block in self.json_blocks:
-                    return self.chunk({"content": piece})
+                    return self.chunks.delta({"content": piece})
                 index = self.tool_index_by_block.get(block, 0)
-                return self.chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                return self.chunks.delta({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
             return None  # reasoning content and other block kinds have no OpenAI chat equivalent
         if event_type == "messageStop":
             self.stop_reason = event.get("stopReason")
             reason = finish_reason(self.stop_reason, has_tool_calls=bool(self.tool_index_by_block))
-            return self.chunk({}, finish=reason)
+            return self.chunks.delta({}, finish=reason)
         if event_type == "metadata":
             self.usage = usage_from(event.get("usage"))
-            return self.usage_chunk(self.usage)
+            return self.chunks.usage(self.usage)
         return None  # event types added after this was written are skipped, as botocore does
 
 

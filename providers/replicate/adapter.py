@@ -27,6 +27,7 @@ from providers.schema import (
     AssistantMessage,
     ChatCompletionRequest,
     ChatRequest,
+    ChunkFactory,
     DeveloperMessage,
     StreamChunk,
     SystemMessage,
@@ -38,7 +39,7 @@ from providers.schema import (
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
 from providers.tokens import count_text
-from providers.translate import invalid, text_of
+from providers.translate import invalid, single_choice, text_of
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 COLD_START_THRESHOLD_S = 1.0  # queued longer than this means the model had to boot (or wait for a worker)
@@ -92,21 +93,7 @@ class ReplicateAdapter(ProviderAdapter):
 
     async def stream(self, model: str, request: ChatRequest, options: CallOptions) -> AsyncIterator[StreamChunk]:
         model_input = self._input(request.params)
-        completion_id, created = new_completion_id(), now_s()
-
-        def chunk(delta: dict[str, Any], finish: str | None = None, usage: Usage | None = None) -> StreamChunk:
-            choices = [] if usage else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
-            data: dict[str, Any] = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": choices,
-            }
-            if usage is not None:
-                data["usage"] = usage.to_openai()
-            return StreamChunk(data)
-
+        chunks = ChunkFactory(new_completion_id(), now_s(), model)
         prediction: dict[str, Any] | None = None
         finished = False
         pieces: list[str] = []
@@ -124,7 +111,7 @@ class ReplicateAdapter(ProviderAdapter):
                         text = event.data.decode("utf-8", "replace")
                         delta = {"content": text} if pieces else {"role": "assistant", "content": text}
                         pieces.append(text)
-                        yield chunk(delta)
+                        yield chunks.delta(delta)
                     elif event.event == "error":
                         raise self._prediction_error(_detail(event.data))
                     elif event.event == "done":
@@ -144,8 +131,8 @@ class ReplicateAdapter(ProviderAdapter):
         text = "".join(pieces)
         usage = self._usage(prediction, model_input["prompt"], text)
         self._record_facts(request, prediction)
-        yield chunk({}, finish=self._finish(usage, request.params))
-        yield chunk({}, usage=usage)
+        yield chunks.delta({}, finish=self._finish(usage, request.params))
+        yield chunks.usage(usage)
 
     # --- request mapping ---------------------------------------------------------------------------
 
@@ -155,8 +142,10 @@ class ReplicateAdapter(ProviderAdapter):
                 raise self.own(
                     invalid(f"Replicate language models take a prompt only: '{field}' is not supported.", field)
                 )
-        if (params.n or 1) > 1:
-            raise self.own(invalid("Replicate returns one answer per prediction: n must be 1.", "n"))
+        try:
+            single_choice(params.n, "Replicate")
+        except ProviderError as exc:
+            raise self.own(exc) from None
         if params.logprobs:
             raise self.own(invalid("Replicate does not return logprobs.", "logprobs"))
         turns: list[Turn] = []

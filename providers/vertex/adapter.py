@@ -12,7 +12,16 @@ import orjson
 from providers.base import CallOptions, ProviderAdapter
 from providers.errors import ErrorKind, ProviderError
 from providers.http import request_timeout
-from providers.schema import ChatRequest, EmbedRequest, StreamChunk, Usage, encode_embedding, new_completion_id, now_s
+from providers.schema import (
+    ChatRequest,
+    ChunkFactory,
+    EmbedRequest,
+    StreamChunk,
+    Usage,
+    encode_embedding,
+    new_completion_id,
+    now_s,
+)
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
 from providers.tokens import estimate_usage
@@ -62,7 +71,7 @@ class VertexAdapter(ProviderAdapter):
                     answer = self.parse_json(event.data, "Vertex")
                     if answer.get("error"):
                         raise self._error_from_status(answer["error"], http_status=None)
-                    for chunk in state.chunks(answer):
+                    for chunk in state.on_answer(answer):
                         yield chunk
             finally:
                 await response.aclose()
@@ -71,7 +80,7 @@ class VertexAdapter(ProviderAdapter):
         usage = state.usage
         if usage is None:
             usage = estimate_usage(request.body["messages"], state.text_parts)
-        yield state.chunk([], usage=usage.to_openai())
+        yield state.chunks.usage(usage)
 
     def _plan(self, request: ChatRequest) -> dict[str, Any]:
         try:
@@ -178,31 +187,19 @@ class _StreamState:
     carries `finishReason` and the complete usage (earlier usage blocks are partial)."""
 
     def __init__(self, model: str, created: int) -> None:
-        self.model = model
-        self.created = created
-        self.completion_id = ""
+        self.chunks = ChunkFactory(new_completion_id(), created, model)
+        self.named = False  # the id and model are taken from the first event
         self.started: set[int] = set()
         self.tool_counts: dict[int, int] = {}
         self.finished: set[int] = set()
         self.usage: Usage | None = None
         self.text_parts: list[str] = []
 
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> StreamChunk:
-        data: dict[str, Any] = {
-            "id": self.completion_id or new_completion_id(),
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if usage is not None:
-            data["usage"] = usage
-        return StreamChunk(data)
-
-    def chunks(self, answer: dict[str, Any]) -> list[StreamChunk]:
-        if not self.completion_id:
-            self.completion_id = _completion_id(answer)
-            self.model = answer.get("modelVersion") or self.model
+    def on_answer(self, answer: dict[str, Any]) -> list[StreamChunk]:
+        if not self.named:
+            self.named = True
+            self.chunks.completion_id = _completion_id(answer)
+            self.chunks.model = answer.get("modelVersion") or self.chunks.model
         if answer.get("usageMetadata"):
             self.usage = usage_from(answer["usageMetadata"])
         out: list[StreamChunk] = []
@@ -213,24 +210,20 @@ class _StreamState:
             index = int(candidate.get("index", position))
             if index not in self.started:
                 self.started.add(index)
-                out.append(self.chunk([_choice(index, {"role": "assistant", "content": ""})]))
+                out.append(self.chunks.delta({"role": "assistant", "content": ""}, index=index))
             texts, calls = parts_of(candidate)
             text = "".join(texts)
             if text:
                 self.text_parts.append(text)
-                out.append(self.chunk([_choice(index, {"content": text}, logprobs=logprobs_of(candidate))]))
+                out.append(self.chunks.delta({"content": text}, index=index, logprobs=logprobs_of(candidate)))
             if calls:
                 first = self.tool_counts.get(index, 0)
                 self.tool_counts[index] = first + len(calls)
                 deltas = [{"index": first + offset, **call} for offset, call in enumerate(calls)]  # whole calls
                 self.text_parts += [call["function"]["arguments"] for call in calls]
-                out.append(self.chunk([_choice(index, {"tool_calls": deltas})]))
+                out.append(self.chunks.delta({"tool_calls": deltas}, index=index))
             if candidate.get("finishReason"):
                 self.finished.add(index)
                 reason = finish_reason(candidate["finishReason"], has_tool_calls=bool(self.tool_counts.get(index)))
-                out.append(self.chunk([_choice(index, {}, finish=reason)]))
+                out.append(self.chunks.delta({}, index=index, finish=reason))
         return out
-
-
-def _choice(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
-    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}

@@ -31,7 +31,7 @@ from providers.schema import (
     Usage,
     UserMessage,
 )
-from providers.translate import data_url, function_arguments, invalid, text_of
+from providers.translate import Turns, data_url, function_arguments, invalid, text_of
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -73,16 +73,8 @@ class GeminiPlan:
 
 def to_gemini(params: ChatCompletionRequest, schema_format: str) -> GeminiPlan:
     system: list[dict[str, Any]] = []
-    contents: list[dict[str, Any]] = []
+    conversation = Turns("parts")
     call_names: dict[str, str] = {}
-
-    def add(role: str, parts: list[dict[str, Any]]) -> None:
-        if not parts:
-            return
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
 
     for index, message in enumerate(params.messages):
         if isinstance(message, SystemMessage | DeveloperMessage):
@@ -90,7 +82,7 @@ def to_gemini(params: ChatCompletionRequest, schema_format: str) -> GeminiPlan:
             if text:
                 system.append({"text": text})
         elif isinstance(message, UserMessage):
-            add("user", _user_parts(message, index))
+            conversation.add("user", _user_parts(message, index))
         elif isinstance(message, AssistantMessage):
             parts: list[dict[str, Any]] = []
             text = text_of(message.content)
@@ -104,7 +96,7 @@ def to_gemini(params: ChatCompletionRequest, schema_format: str) -> GeminiPlan:
                 if signature:
                     part["thoughtSignature"] = signature
                 parts.append(part)
-            add("model", parts)
+            conversation.add("model", parts)
         elif isinstance(message, ToolMessage):
             name = call_names.get(message.tool_call_id)
             if name is None:
@@ -112,13 +104,15 @@ def to_gemini(params: ChatCompletionRequest, schema_format: str) -> GeminiPlan:
                     f"No earlier assistant tool call has the id '{message.tool_call_id}'.",
                     f"messages[{index}].tool_call_id",
                 )
-            add("user", [{"functionResponse": {"name": name, "response": _tool_response(message.content)}}])
+            conversation.add(
+                "user", [{"functionResponse": {"name": name, "response": _tool_response(message.content)}}]
+            )
         elif isinstance(message, FunctionMessage):
             raise invalid(
                 "The deprecated 'function' role is not supported for Vertex; use tools.", f"messages[{index}]"
             )
 
-    body: dict[str, Any] = {"contents": contents}
+    body: dict[str, Any] = {"contents": conversation.turns}
     if system:
         body["systemInstruction"] = {"parts": system}
     generation = _generation_config(params, schema_format)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,13 +12,11 @@ import openai
 import pytest
 
 from providers.anthropic import AnthropicAdapter, AnthropicConfig
-from providers.base import CallOptions
 from providers.errors import ErrorKind, ProviderError
-from providers.http import create_http_client
-from providers.schema import ChatCompletionRequest, ChatRequest
 from tests.conftest import serve_gateway
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes.anthropic import CutStream, FakeAnthropic, Hang, Reply, StreamError
+from tests.support.adapters import adapter_error as call_adapter
 from tests.support.openapi import OpenAPISchemas
 
 MODEL = "claude-haiku-4-5"
@@ -201,22 +198,8 @@ def test_errors_map_to_kind_and_status(
 
 
 def adapter_error(url: str, *, stream: bool) -> ProviderError:
-    async def call() -> None:
-        async with create_http_client() as http:
-            config = AnthropicConfig(type="anthropic", api_key="sk-ant-fake", base_url=url)  # type: ignore[arg-type]
-            adapter = AnthropicAdapter("anthropic", config, http)
-            body = {"model": "x", "messages": MESSAGES}
-            request = ChatRequest(body, ChatCompletionRequest.model_validate(body))
-            options = CallOptions.within(3, first_token_s=1)
-            if stream:
-                async for _ in adapter.stream(MODEL, request, options):
-                    pass
-            else:
-                await adapter.chat(MODEL, request, options)
-
-    with pytest.raises(ProviderError) as caught:
-        asyncio.run(call())
-    return caught.value
+    config = AnthropicConfig(type="anthropic", api_key="sk-ant-fake", base_url=url)  # type: ignore[arg-type]
+    return call_adapter(lambda http: AnthropicAdapter("anthropic", config, http), MODEL, MESSAGES, stream=stream)
 
 
 @pytest.mark.parametrize(

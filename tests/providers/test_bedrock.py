@@ -3,7 +3,6 @@ gateway, with the OpenAI SDK as the client."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,14 +12,12 @@ import httpx
 import openai
 import pytest
 
-from providers.base import CallOptions
 from providers.bedrock import BedrockAdapter, BedrockConfig
 from providers.errors import ErrorKind, ProviderError
-from providers.http import create_http_client
-from providers.schema import ChatCompletionRequest, ChatRequest
 from tests.conftest import serve_gateway
 from tests.fakes import bedrock as fake_bedrock
 from tests.fakes.bedrock import CutStream, FakeBedrock, Hang, Reply, StreamException
+from tests.support.adapters import adapter_error as call_adapter
 from tests.support.openapi import OpenAPISchemas
 from tests.support.server import ServerThread
 
@@ -215,28 +212,14 @@ def test_errors_map_to_kind_and_status(
 
 
 def adapter_error(url: str, *, stream: bool, secret: str = "fake-secret") -> ProviderError:
-    async def call() -> None:
-        async with create_http_client() as http:
-            config = BedrockConfig(
-                type="bedrock",
-                region="us-east-1",
-                endpoint_url=url,
-                aws_access_key_id="AKIDFAKE",
-                aws_secret_access_key=secret,
-            )  # type: ignore[arg-type]
-            adapter = BedrockAdapter("bedrock", config, http)
-            body = {"model": "x", "messages": MESSAGES}
-            request = ChatRequest(body, ChatCompletionRequest.model_validate(body))
-            options = CallOptions.within(3, first_token_s=1)
-            if stream:
-                async for _ in adapter.stream(CLAUDE, request, options):
-                    pass
-            else:
-                await adapter.chat(CLAUDE, request, options)
-
-    with pytest.raises(ProviderError) as caught:
-        asyncio.run(call())
-    return caught.value
+    config = BedrockConfig(
+        type="bedrock",
+        region="us-east-1",
+        endpoint_url=url,
+        aws_access_key_id="AKIDFAKE",
+        aws_secret_access_key=secret,  # type: ignore[arg-type]
+    )
+    return call_adapter(lambda http: BedrockAdapter("bedrock", config, http), CLAUDE, MESSAGES, stream=stream)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from providers.bedrock.mapping import ConversePlan
 from providers.bedrock.stream import ChunkBuilder, frames
+from providers.schema import ChunkFactory
 from tests.fakes.replay import load_cassette
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "recordings" / "bedrock"
@@ -34,7 +35,7 @@ def decode(body: bytes, cuts: list[int]) -> list[dict]:
             for piece in pieces:
                 yield piece
 
-        builder = ChunkBuilder("chatcmpl-x", 0, "m", ConversePlan({}))
+        builder = ChunkBuilder(ChunkFactory("chatcmpl-x", 0, "m"), ConversePlan({}))
         chunks = []
         async for message in frames(source()):
             chunk = builder.on_message(message)

@@ -17,13 +17,11 @@ import httpx
 import openai
 import pytest
 
-from providers.base import CallOptions
 from providers.errors import ErrorKind, ProviderError
-from providers.http import create_http_client
 from providers.openai_compatible import OpenAICompatibleAdapter, OpenAICompatibleConfig
-from providers.schema import ChatCompletionRequest, ChatRequest
 from tests.conftest import serve_gateway
 from tests.fakes.openai_upstream import DEFAULT_CONTENT, Error, FakeOpenAI, Hang, Malformed, Reply, StreamChunks
+from tests.support.adapters import adapter_error as call_adapter
 from tests.support.openapi import OpenAPISchemas
 from tests.support.server import ServerThread
 
@@ -183,27 +181,11 @@ def test_upstream_failures_map_to_kind_and_client_status(
 
 
 def adapter_error(upstream_url: str, *, stream: bool) -> ProviderError:
-    """Call the adapter directly and return the normalized error it raised."""
-    import asyncio
-
-    async def call() -> None:
-        async with create_http_client() as http:
-            adapter = OpenAICompatibleAdapter(
-                "up", OpenAICompatibleConfig(type="openai", base_url=upstream_url + "/v1", api_key=API_KEY), http
-            )
-            body = {"model": "x", "messages": MESSAGES}
-            request = ChatRequest(body, ChatCompletionRequest.model_validate(body))
-            options = CallOptions.within(5, first_token_s=1.0)
-            if stream:
-                async for _ in adapter.stream("m", request, options):
-                    pass
-            else:
-                await adapter.chat("m", request, options)
-
-    with pytest.raises(ProviderError) as caught:
-        asyncio.run(call())
-    assert API_KEY not in caught.value.message
-    return caught.value
+    """Call the adapter directly, without the gateway, and return the normalized error it raised."""
+    config = OpenAICompatibleConfig(type="openai", base_url=upstream_url + "/v1", api_key=API_KEY)  # type: ignore[arg-type]
+    error = call_adapter(lambda http: OpenAICompatibleAdapter("up", config, http), "m", MESSAGES, stream=stream)
+    assert API_KEY not in error.message
+    return error
 
 
 def test_sdk_sees_rate_limit_with_retry_after(rig: Rig) -> None:

@@ -3,7 +3,6 @@ gateway, with the OpenAI SDK as the client."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -15,14 +14,12 @@ import httpx
 import openai
 import pytest
 
-from providers.base import CallOptions
 from providers.errors import ErrorKind, ProviderError
-from providers.http import create_http_client
-from providers.schema import ChatCompletionRequest, ChatRequest
 from providers.vertex import VertexAdapter, VertexConfig
 from tests.conftest import serve_gateway
 from tests.fakes import vertex as fake_vertex
 from tests.fakes.vertex import DEFAULT_TEXT, CutStream, Error, FakeVertex, Hang, Reply
+from tests.support.adapters import adapter_error as call_adapter
 from tests.support.openapi import OpenAPISchemas
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Paris?"}]
@@ -230,28 +227,14 @@ def test_errors_map_to_kind_and_status(
 
 
 def adapter_error(rig: Rig, *, stream: bool) -> ProviderError:
-    async def call() -> None:
-        async with create_http_client() as http:
-            config = VertexConfig(
-                type="vertex",
-                project="fake-project",
-                location="us-central1",
-                endpoint_url=rig.fake.url,
-                credentials_file=str(rig.key_file),
-            )
-            adapter = VertexAdapter("vertex", config, http)
-            body = {"model": "x", "messages": MESSAGES}
-            request = ChatRequest(body, ChatCompletionRequest.model_validate(body))
-            options = CallOptions.within(3, first_token_s=1)
-            if stream:
-                async for _ in adapter.stream("gemini-2.5-flash", request, options):
-                    pass
-            else:
-                await adapter.chat("gemini-2.5-flash", request, options)
-
-    with pytest.raises(ProviderError) as caught:
-        asyncio.run(call())
-    return caught.value
+    config = VertexConfig(
+        type="vertex",
+        project="fake-project",
+        location="us-central1",
+        endpoint_url=rig.fake.url,
+        credentials_file=str(rig.key_file),
+    )
+    return call_adapter(lambda http: VertexAdapter("vertex", config, http), "gemini-2.5-flash", MESSAGES, stream=stream)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from routing.config import SLO, DeploymentConfig, ModelAliasConfig, Price
 from routing.context import RequestContext, RequestFacts, TenantPolicy
-from routing.filters import AllClosed, rejection
 from routing.router import NoDeploymentAvailable, Router
 from routing.stats import MIN_OBSERVATIONS, CallRecord, LiveStats
 from routing.strategies import Inputs
@@ -108,9 +107,34 @@ def test_no_filtered_deployment_is_ever_chosen(
     chosen = plan.deployments
     assert len(chosen) + len(plan.rejected) == len(deployments)  # every deployment is accounted for, once
     for deployment in chosen:
-        assert rejection(deployment, facts, context, AllClosed()) is None
+        assert allowed(deployment.config, deployment.provider, facts, policy)
     for rejected in plan.rejected:
         assert rejected.deployment not in chosen and rejected.reason
+        assert not allowed(rejected.deployment.config, rejected.deployment.provider, facts, policy)
+
+
+def allowed(config: DeploymentConfig, provider: str, facts: RequestFacts, policy: TenantPolicy) -> bool:
+    """The filters' rules, restated independently of routing.filters (an oracle, not a copy)."""
+    needs = {
+        name
+        for name, flag in (
+            ("tools", facts.has_tools),
+            ("vision", facts.has_images),
+            ("json_schema", facts.has_json_schema),
+        )
+        if flag
+    }
+    output = facts.requested_output_tokens or 0
+    return all(
+        (
+            policy.allowed_providers is None or provider in policy.allowed_providers,
+            policy.allowed_regions is None or config.region in policy.allowed_regions,
+            policy.required_tags <= set(config.tags),
+            config.capabilities is None or needs <= set(config.capabilities),
+            config.max_output_tokens is None or output <= config.max_output_tokens,
+            config.context_window is None or facts.prompt_tokens + output <= config.context_window,
+        )
+    )
 
 
 @settings(max_examples=200, deadline=None)
