@@ -75,6 +75,8 @@ class ProviderAdapter(ABC):
     provider_type: ClassVar[str]
     config_model: ClassVar[type[ProviderConfigBase]]
     supports_embeddings: ClassVar[bool] = False
+    # The provider continues a final assistant message instead of answering it as a new turn.
+    supports_prefill: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Any, http: httpx.AsyncClient) -> None:
         self.name = name

@@ -5,6 +5,10 @@ deterministic (the same request gives the same text), token counts come from the
 time-to-first-token, tokens per second and a failure rate are configurable. It honours tools (it calls
 the chosen function with arguments shaped by the function's schema, and answers from tool results),
 JSON mode and JSON schemas, `n`, `stop`, output limits and logprobs, so clients exercise real code paths.
+
+It also continues a prefill (a final assistant message with text), as providers with assistant prefill do:
+the answer is only what follows that text (see `MockAdapter._generate`), so a gateway that resumes a broken
+stream with a prefill gets exactly the rest of the answer it was streaming.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class MockAdapter(ProviderAdapter):
     provider_type = "mock"
     config_model = MockProviderConfig
     supports_embeddings = True
+    supports_prefill = True
     config: MockProviderConfig
     _last_call: float | None = None  # for the cold-start simulation
 
@@ -176,12 +181,24 @@ class MockAdapter(ProviderAdapter):
     # --- generation --------------------------------------------------------------------------------
 
     def _generate(self, model: str, request: ChatRequest) -> list[_Choice]:
+        """The answers to a request, deterministic for its model, messages, seed and response format.
+
+        With a prefill (the last message is an assistant one with text), each answer is the continuation of
+        that text: the mock makes the answer it gives the messages before the prefill and, when that answer
+        starts with the prefill, sends the rest of it, so prefill + continuation is the uninterrupted answer.
+        A prefill the gateway stripped of trailing whitespace matches too, and the rest then starts with that
+        whitespace. A prefill that matches neither way gets fresh words. A prefilled answer is always text.
+        `stop` and output limits apply to the continuation alone, as they would at a real provider.
+        """
         self._maybe_fail()
         params = request.params
         messages = request.body["messages"]
+        prefill = _prefill(messages)
+        if prefill is not None:
+            messages = messages[:-1]  # the conversation the interrupted answer was answering
         material = orjson.dumps([model, messages, params.seed, request.body.get("response_format")])
         limit = params.output_token_limit
-        tool = _chosen_tool(params)
+        tool = _chosen_tool(params) if prefill is None else None
         last_role = messages[-1].get("role")
         choices = []
         for index in range(params.n or 1):
@@ -196,6 +213,8 @@ class MockAdapter(ProviderAdapter):
                 choice.finish_reason = "tool_calls"
             else:
                 text = self._text(choice.rng, messages, params)
+                if prefill is not None:
+                    text = _continuation(text, prefill, choice.rng)
                 choice.tokens, choice.finish_reason = _limit(text, params.stop_sequences, limit)
             choices.append(choice)
         return choices
@@ -265,6 +284,28 @@ class MockAdapter(ProviderAdapter):
 def _rng(*parts: bytes) -> random.Random:
     digest = hashlib.sha256(b"\x00".join(parts)).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _prefill(messages: list[dict[str, Any]]) -> str | None:
+    """The text of a final assistant message without tool calls (a prefill to continue), else None."""
+    last = messages[-1]
+    if last.get("role") != "assistant" or last.get("tool_calls") or len(messages) < 2:
+        return None
+    content = last.get("content")
+    if isinstance(content, list):  # text parts join with nothing between them, as one message's text does
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) and content else None
+
+
+def _continuation(answer: str, prefill: str, rng: random.Random) -> str:
+    """What follows `prefill` in `answer`; fresh words when the prefill is not how the answer starts."""
+    if answer.startswith(prefill):
+        return answer[len(prefill) :]
+    stem = prefill.rstrip()  # also how a whitespace-only prefill gets the whole answer
+    if answer.startswith(stem):
+        return answer[len(stem) :]
+    words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 12)))
+    return ("" if prefill[-1:].isspace() else " ") + words + "."
 
 
 def _chosen_tool(params: ChatCompletionRequest) -> dict[str, Any] | None:

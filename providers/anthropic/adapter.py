@@ -42,6 +42,7 @@ _CONTEXT_WINDOW_HINTS = ("prompt is too long", "context window", "exceed context
 class AnthropicAdapter(ProviderAdapter):
     provider_type = "anthropic"
     config_model = AnthropicConfig
+    supports_prefill = True  # a trailing assistant turn is continued (some newer models refuse it with a 400)
     config: AnthropicConfig
 
     def __init__(self, name: str, config: AnthropicConfig, http: httpx.AsyncClient) -> None:

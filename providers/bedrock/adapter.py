@@ -39,6 +39,7 @@ class BedrockAdapter(ProviderAdapter):
     provider_type = "bedrock"
     config_model = BedrockConfig
     supports_embeddings = True
+    supports_prefill = True  # Converse continues a trailing assistant message (Claude models)
     config: BedrockConfig
 
     def __init__(self, name: str, config: BedrockConfig, http: httpx.AsyncClient) -> None:

@@ -85,6 +85,7 @@ def to_converse(params: ChatCompletionRequest, json_mode: str) -> ConversePlan:
             )
 
     turns = conversation.turns
+    _trim_prefill(turns)
     body: dict[str, Any] = {"messages": turns}
     inference: dict[str, Any] = {}
     if params.output_token_limit is not None:
@@ -129,6 +130,24 @@ def to_converse(params: ChatCompletionRequest, json_mode: str) -> ConversePlan:
     if system:
         body["system"] = system
     return plan
+
+
+def _trim_prefill(turns: list[dict[str, Any]]) -> None:
+    """A final assistant turn is a prefill the model continues, and Claude on Bedrock refuses one whose text
+    ends in whitespace ("final assistant content cannot end with trailing whitespace"): strip it. A prefill
+    of nothing but whitespace goes, block and then turn (Converse also refuses blank text blocks)."""
+    if not turns or turns[-1]["role"] != "assistant":
+        return
+    blocks = turns[-1]["content"]
+    if "text" not in blocks[-1]:
+        return
+    text = blocks[-1]["text"].rstrip()
+    if text:
+        blocks[-1]["text"] = text
+        return
+    blocks.pop()
+    if not blocks:
+        turns.pop()
 
 
 def _user_blocks(message: UserMessage, index: int) -> list[dict[str, Any]]:

@@ -13,6 +13,10 @@ final `}` of every `data:` object, `message_start.usage.output_tokens == 1`, `me
 
 Auth: SDK 2.14 sends the key as `Authorization: Bearer`, older clients and curl send `x-api-key`; both are
 accepted. Any `anthropic-version` value is accepted (the SDK sends `2026-10-21`), but one must be present.
+
+Prefill: a request whose last message is an assistant turn is continued, as the real API does: the answer
+holds only the text that follows the prefill (see `Reply`). `reject_prefill` makes the fake refuse such
+requests the way newer Claude models do.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import secrets
 import string
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +44,11 @@ from tests.support.server import ServerThread, free_port
 
 DEFAULT_API_KEY = "sk-ant-fake"
 DEFAULT_TEXT = "Hello from the fake Anthropic."
+#: What a prefilled answer continues with when the full answer does not start with the prefill.
+DEFAULT_CONTINUATION = " and that is the rest of the answer."
+PREFILL_UNSUPPORTED = (
+    "This model does not support assistant message prefill. The conversation must end with a user message."
+)
 STREAM_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 #: The HTTP status Anthropic uses for each error type (docs.anthropic.com "Errors").
@@ -73,6 +82,11 @@ class Reply:
     truncation. `usage` keys override the computed usage. Cache counts go into `cache_read_input_tokens` and
     `cache_creation_input_tokens` (+ `cache_creation.ephemeral_5m_input_tokens`). `delay_s` delays the body
     (streams: after the headers, before `message_start`); `chunk_delay_s` separates delta events.
+
+    With a prefill (the request's last message is an assistant turn with text), the text above is the full
+    answer and the reply holds only what follows the prefill: if the full answer starts with the prefill, the
+    rest of it (so prefill + reply == the answer the request without the prefill gets); otherwise a scripted
+    `text` as is, or `DEFAULT_CONTINUATION`. Truncation and usage apply to that continuation only.
     """
 
     text: str | None = None
@@ -179,11 +193,18 @@ class FakeAnthropic:
 
     `api_key`: the only key accepted (via `x-api-key` or `Authorization: Bearer`). `validate`: reject the
     common request mistakes with Anthropic's 400s, so adapter bugs surface here rather than in production.
+    `reject_prefill`: True, or a collection of model ids, for models that refuse a conversation ending with an
+    assistant turn (400 invalid_request_error `PREFILL_UNSUPPORTED`, before any scripted behaviour is used);
+    an attribute tests may change, restored by `reset()`.
     """
 
-    def __init__(self, api_key: str = DEFAULT_API_KEY, *, validate: bool = True) -> None:
+    def __init__(
+        self, api_key: str = DEFAULT_API_KEY, *, validate: bool = True, reject_prefill: bool | Collection[str] = False
+    ) -> None:
         self.api_key = api_key
         self.validate = validate
+        self.reject_prefill = reject_prefill
+        self._reject_prefill_default = reject_prefill
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[RecordedRequest] = []
@@ -214,6 +235,7 @@ class FakeAnthropic:
         with self._lock:
             self._queue.clear()
         self.requests.clear()
+        self.reject_prefill = self._reject_prefill_default
         self.stream_cancelled.clear()
         self.stream_finished.clear()
         self.client_gone.clear()
@@ -245,6 +267,8 @@ class FakeAnthropic:
                 )
             if self.validate:
                 _validate(req)
+            if _prefill(req) is not None and self._refuses_prefill(req.get("model")):
+                raise _invalid(PREFILL_UNSUPPORTED)
             behaviour = self._next()
             if isinstance(behaviour, Error):
                 message = behaviour.message.replace("{model}", str(req.get("model")))
@@ -259,6 +283,11 @@ class FakeAnthropic:
             return await self._non_stream(request, req, behaviour)
         except _AnthropicError as error:
             return _error_response(error)
+
+    def _refuses_prefill(self, model: Any) -> bool:
+        if isinstance(self.reject_prefill, bool):
+            return self.reject_prefill
+        return model in self.reject_prefill
 
     def _check_auth(self, headers: dict[str, str]) -> None:
         key = headers.get("x-api-key")
@@ -344,6 +373,12 @@ def _answer(req: dict[str, Any], reply: Reply) -> _Answer:
     if text is None and not tools:
         last = _last_user_text(req)
         text = f"You said: {last}" if last else DEFAULT_TEXT
+    prefill = _prefill(req)
+    if prefill and text is not None:
+        if text.startswith(prefill):
+            text = text[len(prefill) :]
+        elif reply.text is None:
+            text = DEFAULT_CONTINUATION
     stop_reason = reply.stop_reason or ("tool_use" if tools else "end_turn")
     stop_sequence = None
     if reply.stop_reason is None and text:
@@ -599,6 +634,9 @@ def _validate_messages(messages: list[Any], *, has_tools: bool) -> None:
             )
         previous_tool_ids = tool_ids
         previous_role = role
+    final_texts = _texts(messages[-1].get("content"))
+    if previous_role == "assistant" and final_texts and final_texts[-1] != final_texts[-1].rstrip():
+        raise _invalid("messages: final assistant content cannot end with trailing whitespace")
     if uses_tools and not has_tools:
         raise _invalid("Requests which include `tool_use` or `tool_result` blocks must define tools.")
 
@@ -611,6 +649,21 @@ def _last_user_text(req: dict[str, Any]) -> str:
         if isinstance(message, dict) and message.get("role") == "user":
             return " ".join(_texts(message.get("content"))).strip()
     return ""
+
+
+def _prefill(req: dict[str, Any]) -> str | None:
+    """The text of a final assistant turn (which the model continues), or None when the last turn is not one."""
+    messages = req.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    if isinstance(content, str):
+        return content
+    blocks = content if isinstance(content, list) else []
+    return "".join(
+        b["text"] for b in blocks if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+    )
 
 
 def _texts(content: Any) -> list[str]:

@@ -3,6 +3,7 @@
 Serve it with `ServerThread(fake.app)` and point the adapter (or the official SDK) at
 `server.url + "/v1"`. Each request pops the next scripted behaviour, so a test can say "first a 429,
 then a good answer" and then assert on `fake.requests` to see exactly what the adapter sent.
+`script_forever` sets what every request gets once the script runs out (an outage: `Error(503)`).
 
 Wire shapes follow what the real service sends (OpenAI's API reference and the
 recordings in tests/data/recordings/openai/): `refusal: null` and `annotations: []` on messages,
@@ -59,18 +60,33 @@ class Reply:
     delay_s: float = 0.0
 
 
+STREAM_ENDINGS = ("done", "drop", "error_event", "stall", "malformed", "finish_no_done")
+
+
 @dataclass(frozen=True)
 class StreamChunks:
     """A streamed text answer of `chunks` content pieces (`"word0 "`, `"word1 "`, ...).
 
-    `then`: "done" (finish normally), "drop" (close the connection after the content, with no finish
-    chunk or `[DONE]`) or "error_event" (send an in-stream `{"error": ...}` event, then end).
+    `then`, what follows the content:
+    - "done": finish normally (finish chunk, usage chunk if asked, `[DONE]`);
+    - "drop": cut the connection abruptly (no finish chunk, no `[DONE]`, no end of the chunked body: the
+      client's read fails);
+    - "error_event": send an in-stream `{"error": ...}` event, then end the body cleanly;
+    - "stall": send nothing more, keeping the connection open until the client hangs up, which sets
+      `FakeOpenAI.stall_abandoned` (and `stream_cancelled`);
+    - "malformed": send one `data:` event that is not valid JSON, then finish as "done";
+    - "finish_no_done": send the finish chunk (`finish_reason` "stop"), then end the body cleanly with
+      no usage chunk and no `[DONE]`.
     Always streams, whatever the request's `stream` flag; on non-chat endpoints it acts as `Reply()`.
     """
 
     chunk_delay_s: float = 0.0
     chunks: int = 5
     then: str = "done"
+
+    def __post_init__(self) -> None:
+        if self.then not in STREAM_ENDINGS:
+            raise ValueError(f"StreamChunks.then must be one of {STREAM_ENDINGS}, not {self.then!r}")
 
 
 @dataclass(frozen=True)
@@ -130,7 +146,9 @@ class FakeOpenAI:
         self.stream_cancelled = threading.Event()
         self.client_gone = threading.Event()  # the caller hung up while a reply was being delayed
         self.stream_finished = threading.Event()
+        self.stall_abandoned = threading.Event()  # the client hung up on a `StreamChunks(then="stall")`
         self._queue: deque[object] = deque()  # subclasses queue their own behaviours too
+        self._default: object = Reply()
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -145,21 +163,32 @@ class FakeOpenAI:
         with self._lock:
             self._queue.extend(behaviours)
 
+    def script_forever(self, behaviour: object) -> None:
+        """What each request gets once the queued script is used up, instead of `Reply()`, until changed.
+
+        `script_forever(Error(503))` starts an outage, `script_forever(Reply())` ends it; `reset()` also
+        restores `Reply()`. Takes any behaviour `script` takes (subclasses' own too).
+        """
+        with self._lock:
+            self._default = behaviour
+
     def reset(self) -> None:
-        """Forget requests, script and stream events, keeping the app (for one fake shared by a module)."""
+        """Forget requests, script, default and stream events, keeping the app (for one fake shared by a module)."""
         with self._lock:
             self.requests.clear()
             self._queue.clear()
-        for event in (self.stream_cancelled, self.client_gone, self.stream_finished):
+            self._default = Reply()
+        for event in (self.stream_cancelled, self.client_gone, self.stream_finished, self.stall_abandoned):
             event.clear()
 
     # -- plumbing --
 
     def _next(self) -> object:
         with self._lock:
-            return self._queue.popleft() if self._queue else Reply()
+            return self._queue.popleft() if self._queue else self._default
 
     async def _record(self, request: Request) -> Any:
+        """Record the request as it arrives, before any behaviour: requests cut short still count."""
         raw = await request.body()
         try:
             body = json.loads(raw) if raw else None
@@ -213,7 +242,7 @@ class FakeOpenAI:
             return early
         req = body if isinstance(body, dict) else {}
         if isinstance(behaviour, StreamChunks):
-            frames = self._shape_stream(_stream_chunks_frames(req, behaviour), req)
+            frames = self._shape_stream(_stream_chunks_frames(req, behaviour, self.stall_abandoned), req)
             return _SSEResponse(self._guarded(frames), headers=_headers())
         assert isinstance(behaviour, Reply)
         if req.get("stream"):
@@ -379,7 +408,9 @@ def _deltas(text: str | None, tools: list[dict[str, Any]]) -> list[dict[str, Any
     return deltas
 
 
-async def _stream_chunks_frames(req: dict[str, Any], spec: StreamChunks) -> AsyncIterator[bytes | None]:
+async def _stream_chunks_frames(
+    req: dict[str, Any], spec: StreamChunks, abandoned: threading.Event
+) -> AsyncIterator[bytes | None]:
     chunks = _Chunks(req)
     yield chunks.delta(0, {"role": "assistant", "content": "", "refusal": None})
     text = ""
@@ -395,7 +426,17 @@ async def _stream_chunks_frames(req: dict[str, Any], spec: StreamChunks) -> Asyn
         error = {"message": "upstream exploded", "type": "server_error", "param": None, "code": None}
         yield _sse({"error": error})
         return
+    if spec.then == "stall":
+        try:
+            await asyncio.Future()  # never done: only the client hanging up (Starlette cancels us) ends this
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+    if spec.then == "malformed":
+        yield b'data: {"id":"' + chunks.id.encode() + b'","object":"chat.completion.chunk","choices":[{"ind\n\n'
     yield chunks.delta(0, {}, "stop")
+    if spec.then == "finish_no_done":
+        return
     if chunks.include_usage:
         yield chunks.frame([], _usage(req, text, [], 1))
     yield b"data: [DONE]\n\n"
@@ -576,10 +617,14 @@ def _sse(obj: Any) -> bytes:
 
 
 def _sse_json(frame: bytes | None) -> dict[str, Any] | None:
-    """The object in a `data: {...}` frame made by `_sse` (for dialect hooks); None for `[DONE]` and drops."""
+    """The object in a `data: {...}` frame made by `_sse` (for dialect hooks); None for `[DONE]`, drops and
+    frames that are not JSON (`StreamChunks(then="malformed")`), which dialects pass on as they are."""
     if frame is None or not frame.startswith(b"data: {"):
         return None
-    parsed: dict[str, Any] = json.loads(frame[len(b"data: ") :])
+    try:
+        parsed: dict[str, Any] = json.loads(frame[len(b"data: ") :])
+    except ValueError:
+        return None
     return parsed
 
 

@@ -22,10 +22,12 @@ from anthropic.types import MessageParam, ToolParam
 from tests.fakes.anthropic import (
     API_ERROR,
     AUTHENTICATION,
+    DEFAULT_CONTINUATION,
     DEFAULT_TEXT,
     NOT_FOUND,
     OVERLOADED,
     PERMISSION,
+    PREFILL_UNSUPPORTED,
     PROMPT_TOO_LONG,
     RATE_LIMITED,
     CutStream,
@@ -450,3 +452,65 @@ def test_stream_matches_the_recorded_event_shape(fake: FakeAnthropic) -> None:
         "message_delta",
         "message_stop",
     ]
+
+
+# --- prefill --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prefill_is_continued(client: anthropic.Anthropic, fake: FakeAnthropic, stream: bool) -> None:
+    full = client.messages.create(model=MODEL, max_tokens=100, messages=USER).content[0]
+    assert full.type == "text" and full.text == "You said: What is the capital of France?"
+    for prefill in ("You said: What is the cap", "You said: What is the"):  # mid-word, and before a space
+        messages: list[MessageParam] = [*USER, {"role": "assistant", "content": prefill}]
+        if stream:
+            with client.messages.stream(model=MODEL, max_tokens=100, messages=messages) as events:
+                message = events.get_final_message()
+        else:
+            message = client.messages.create(model=MODEL, max_tokens=100, messages=messages)
+        assert message.content[0].type == "text" and prefill + message.content[0].text == full.text
+        assert message.usage.output_tokens == len(message.content[0].text.split())
+
+    fake.script(Reply(text="Scripted rest."))  # a scripted text the answer does not start with: sent as is
+    blocks: list[MessageParam] = [*USER, {"role": "assistant", "content": [{"type": "text", "text": "Well,"}]}]
+    message = client.messages.create(model=MODEL, max_tokens=100, messages=blocks)
+    assert message.content[0].type == "text" and message.content[0].text == "Scripted rest."
+    message = client.messages.create(model=MODEL, max_tokens=100, messages=blocks)
+    assert message.content[0].type == "text" and message.content[0].text == DEFAULT_CONTINUATION
+
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(model=MODEL, max_tokens=5, messages=[*USER, {"role": "assistant", "content": "Paris "}])
+    assert caught.value.api_message == "messages: final assistant content cannot end with trailing whitespace"
+
+
+@pytest.mark.parametrize("reject", [True, {MODEL}])
+@pytest.mark.parametrize("stream", [False, True])
+def test_models_without_prefill_reject_a_final_assistant_turn(
+    client: anthropic.Anthropic, fake: FakeAnthropic, reject: Any, stream: bool
+) -> None:
+    fake.reject_prefill = reject
+    fake.script(Reply(text="kept for the next request"))
+    messages: list[MessageParam] = [*USER, {"role": "assistant", "content": "The capital is"}]
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        if stream:
+            with client.messages.stream(model=MODEL, max_tokens=100, messages=messages) as events:
+                events.get_final_message()
+        else:
+            client.messages.create(model=MODEL, max_tokens=100, messages=messages)
+    assert caught.value.status_code == 400 and caught.value.type == "invalid_request_error"
+    assert caught.value.api_message == PREFILL_UNSUPPORTED
+    assert caught.value.body == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": PREFILL_UNSUPPORTED},
+        "request_id": caught.value.request_id,
+    }
+    ok = client.messages.create(model=MODEL, max_tokens=100, messages=USER)  # a user turn last is fine
+    assert ok.content[0].type == "text" and ok.content[0].text == "kept for the next request"
+    if reject is True:
+        with pytest.raises(anthropic.BadRequestError):
+            client.messages.create(model="claude-opus-4-8", max_tokens=100, messages=messages)
+    else:  # only the listed models refuse
+        other = client.messages.create(model="claude-opus-4-8", max_tokens=100, messages=messages)
+        assert other.content[0].type == "text" and other.content[0].text == DEFAULT_CONTINUATION
+    fake.reset()
+    assert fake.reject_prefill is False

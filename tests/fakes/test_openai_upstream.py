@@ -279,3 +279,98 @@ def test_async_client_streams(server: ServerThread, fake: FakeOpenAI) -> None:
 
     assert asyncio.run(run()) == "async works fine"
     assert fake.stream_finished.is_set()
+
+
+# --- faults for the resilience tests ----------------------------------------------------------------
+
+
+def _data_lines(response: httpx.Response) -> list[str]:
+    return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_stall_keeps_the_connection_open_until_the_client_hangs_up(server: ServerThread, fake: FakeOpenAI) -> None:
+    fake.script(StreamChunks(chunks=2, then="stall"))
+    body = {"model": "m", "messages": USER, "stream": True}
+    received: list[str] = []
+    timeout = httpx.Timeout(5, read=0.5)
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=timeout) as response:
+        with pytest.raises(httpx.ReadTimeout):  # the content, then nothing at all: no finish, no [DONE], no EOF
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    received.append(json.loads(line[6:])["choices"][0]["delta"].get("content") or "")
+        assert not fake.stall_abandoned.is_set()
+    assert "".join(received) == "word0 word1 "
+    assert fake.stall_abandoned.wait(5), "the fake never noticed the client hanging up"
+    assert fake.stream_cancelled.is_set() and not fake.stream_finished.is_set()
+    assert len(fake.requests) == 1  # recorded on arrival, however the stream ended
+
+
+def test_malformed_event_then_a_normal_finish(server: ServerThread, fake: FakeOpenAI) -> None:
+    fake.script(StreamChunks(chunks=2, then="malformed"))
+    body = {"model": "m", "messages": USER, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as response:
+        payloads = _data_lines(response)
+    assert payloads[-1] == "[DONE]"
+    broken = []
+    for payload in payloads[:-1]:
+        try:
+            json.loads(payload)
+        except ValueError:
+            broken.append(payload)
+    assert len(broken) == 1 and payloads.index(broken[0]) == 3  # role chunk, word0, word1, then the bad event
+    finish, usage = json.loads(payloads[-3]), json.loads(payloads[-2])
+    assert finish["choices"][0]["finish_reason"] == "stop" and usage["choices"] == []
+    fake.script(StreamChunks(chunks=2, then="malformed"))
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0) as sdk:
+        with pytest.raises(ValueError):  # the SDK does not skip the bad event either: its stream fails there
+            for _chunk in sdk.chat.completions.create(model="m", messages=USER, stream=True):
+                pass
+
+
+def test_finish_without_usage_or_done_ends_the_body_cleanly(server: ServerThread, fake: FakeOpenAI) -> None:
+    fake.script(StreamChunks(chunks=2, then="finish_no_done"))
+    body = {"model": "m", "messages": USER, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as response:
+        payloads = _data_lines(response)  # no exception: a complete chunked body
+    assert "[DONE]" not in payloads
+    chunks = [json.loads(payload) for payload in payloads]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all(chunk["choices"] for chunk in chunks)  # no usage-only chunk
+    assert fake.stream_finished.wait(5)
+
+
+def test_unknown_stream_endings_are_refused() -> None:
+    with pytest.raises(ValueError, match="then"):
+        StreamChunks(then="cut")  # "drop" is the abrupt cut
+
+
+def test_script_forever_replaces_the_default_reply_until_changed_or_reset(
+    client: openai.OpenAI, fake: FakeOpenAI
+) -> None:
+    fake.script_forever(Error(503))
+    fake.script(Reply(content="queued first"))
+    assert client.chat.completions.create(model="m", messages=USER).choices[0].message.content == "queued first"
+    for _ in range(3):  # an outage: every request, on every endpoint
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(model="m", messages=USER)
+        assert caught.value.status_code == 503
+    with pytest.raises(openai.InternalServerError):
+        client.embeddings.create(model="e", input="x")
+    fake.script_forever(Reply(content="healthy again"))
+    assert client.chat.completions.create(model="m", messages=USER).choices[0].message.content == "healthy again"
+    assert len(fake.requests) == 6
+    fake.script_forever(StreamChunks(chunks=1, then="drop"))
+    fake.reset()
+    assert client.chat.completions.create(model="m", messages=USER).choices[0].message.content == DEFAULT_CONTENT
+
+
+def test_streams_cut_short_are_still_recorded(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+    fake.script(StreamChunks(chunks=200, chunk_delay_s=0.02), StreamChunks(chunks=2, then="drop"))
+    stream = client.chat.completions.create(model="m", messages=USER, stream=True)
+    next(iter(stream))
+    stream.close()
+    assert fake.stream_cancelled.wait(5)
+    with pytest.raises(openai.APIConnectionError):
+        for _chunk in client.chat.completions.create(model="m", messages=USER, stream=True):
+            pass
+    assert len(fake.requests) == 2

@@ -120,3 +120,78 @@ async def test_json_schemas_with_large_bounds_are_answered_not_crashed() -> None
 
     answer = json.loads(completion["choices"][0]["message"]["content"])
     assert answer["year"] >= 1900 and answer["price"] >= 500 and 1 <= len(answer["items"]) <= 16
+
+
+# --- prefill: continuing a final assistant message ---------------------------------------------------
+
+
+def _cuts(full: str) -> dict[str, str]:
+    """Prefills a gateway could send after a broken stream of `full`."""
+    space = [i for i, char in enumerate(full) if char == " "][2]  # after the third word
+    return {
+        "mid_word": full[: space + 3],
+        "after_space": full[: space + 1],
+        "space_stripped": full[: space + 1].rstrip(),  # what Anthropic-style providers must be sent
+        "first_tokens": "".join(encoding().decode([token]) for token in encoding().encode(full)[:5]),
+        "all_but_the_end": full[:-1],
+    }
+
+
+async def _answer(mock: MockAdapter, messages: list[dict[str, Any]], *, stream: bool) -> tuple[str, dict[str, Any]]:
+    """The answer's text and usage, streamed or not."""
+    request = chat_request(messages=messages, stream=stream)
+    if not stream:
+        completion = await mock.chat("mock-1", request, CallOptions.within(5))
+        return completion["choices"][0]["message"]["content"], completion["usage"]
+    chunks = [chunk.data async for chunk in mock.stream("mock-1", request, CallOptions.within(5))]
+    text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk["choices"])
+    return text, chunks[-1]["usage"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("cut", ["mid_word", "after_space", "space_stripped", "first_tokens", "all_but_the_end"])
+async def test_a_prefill_is_continued_with_the_rest_of_the_uninterrupted_answer(stream: bool, cut: str) -> None:
+    assert MockAdapter.supports_prefill
+    mock = adapter(min_words=20, max_words=30)
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Tell me about the gateway."},
+    ]
+    full, _ = await _answer(mock, messages, stream=stream)
+    prefill = _cuts(full)[cut]
+    with_prefill = [*messages, {"role": "assistant", "content": prefill}]
+    continuation, usage = await _answer(mock, with_prefill, stream=stream)
+    assert prefill + continuation == full
+    if cut == "space_stripped":
+        assert continuation.startswith(" ")  # the whitespace the provider was not sent comes back
+    assert usage["prompt_tokens"] == count_messages(with_prefill)  # the prefill is prompt
+    assert usage["completion_tokens"] == len(encoding().encode(continuation))  # only the rest is completion
+
+
+async def test_a_prefill_in_text_parts_and_a_prefill_the_answer_does_not_start_with() -> None:
+    mock = adapter()
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Go on."}]
+    full, _ = await _answer(mock, messages, stream=False)
+    parts = [{"type": "text", "text": full[:7]}, {"type": "text", "text": full[7:12]}]
+    continuation, _ = await _answer(mock, [*messages, {"role": "assistant", "content": parts}], stream=False)
+    assert full[:12] + continuation == full
+
+    foreign = [*messages, {"role": "assistant", "content": "Something else entirely"}]
+    first, usage = await _answer(mock, foreign, stream=False)
+    again, _ = await _answer(mock, foreign, stream=True)
+    assert first == again and first.startswith(" ") and first.endswith(".") and len(first.split()) >= 4
+    assert usage["completion_tokens"] == len(encoding().encode(first))
+
+
+async def test_output_limits_apply_to_the_continuation_and_tools_are_not_called() -> None:
+    mock = adapter(min_words=30, max_words=30)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Weather?"}]
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    full, _ = await _answer(mock, messages, stream=False)
+    prefill = [*messages, {"role": "assistant", "content": full[:20]}]
+    completion = await mock.chat(
+        "mock-1", chat_request(messages=prefill, tools=[tool], max_tokens=3), CallOptions.within(5)
+    )
+    choice = completion["choices"][0]
+    assert choice["finish_reason"] == "length" and completion["usage"]["completion_tokens"] == 3
+    assert full.startswith(full[:20] + choice["message"]["content"])  # the start of the rest, not a tool call
