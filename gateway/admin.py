@@ -1,4 +1,5 @@
-"""Admin endpoints: route explain, config reload and deployment state, behind one admin key.
+"""Admin endpoints: route explain, config reload and deployment state (circuit breaker, retry budget,
+live stats), behind one admin key.
 
 The key is configured by its SHA-256 (`admin.api_key_sha256`), so the config never holds it, and is
 compared in constant time. With no key configured the endpoints do not exist (404).
@@ -88,9 +89,16 @@ async def deployments(request: Request) -> Response:
     if denied is not None:
         return error_response(denied, headers)
     runtime: Runtime = request.app.state.runtime
+    executor = runtime.executor
     now = time.monotonic()
     data = [
-        {"alias": d.alias, "deployment": d.key, "stats": runtime.router.stats.get(d.key).snapshot(now)}
+        {
+            "alias": d.alias,
+            "deployment": d.key,
+            "circuit": executor.circuits.snapshot(d.key, now),
+            "retry_budget": executor.budgets.snapshot(d.key, now),
+            "stats": runtime.router.stats.get(d.key).snapshot(now),
+        }
         for d in runtime.router.all_deployments()
     ]
     return json_response({"object": "list", "data": data}, headers=headers)

@@ -7,7 +7,9 @@ and validated once with strict pydantic models, and every failure is answered in
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,14 +37,16 @@ from gateway.locations import data_path, format_path
 from gateway.runtime import Runtime
 from providers.base import CallOptions
 from providers.errors import ProviderError
-from providers.schema import ChatCompletionRequest, ChatRequest, EmbeddingRequest, EmbedRequest, StreamChunk
+from providers.schema import ChatCompletionRequest, ChatRequest, EmbeddingRequest, EmbedRequest
 from routing.context import RequestContext, RequestFacts
-from routing.router import Deployment, NoDeploymentAvailable, Plan, UnknownModel, WrongModelMode
-from routing.stats import CallRecord
+from routing.executor import Exhausted, Journey, Served
+from routing.resume import OpenStream, ResumingStream, discard_stream, open_stream
+from routing.router import Deployment, NoDeploymentAvailable, UnknownModel, WrongModelMode
 
 router = APIRouter()
 
 Params = TypeVar("Params", bound=BaseModel)
+T = TypeVar("T")
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -79,24 +83,27 @@ async def chat_completions(request: Request) -> Response:
     try:
         body = await read_json_object(request, runtime.config.server.max_body_bytes)
         params = _validate(ChatCompletionRequest, body)
-        plan = _plan(runtime, RequestFacts.of_chat(params, body), request_context(request, body))
+        limits = RequestLimits.of(request, streaming=bool(params.stream))
+        journey = _start(runtime, RequestFacts.of_chat(params, body), request_context(request, body), limits)
     except APIError as error:
         return error_response(error, headers)
-    deployment = plan.deployments[0]
-    headers.update(_served_by(deployment))
-    call = ChatRequest(body=body, params=params)
-    options = _call_options(request, deployment, streaming=bool(params.stream))
-    record = runtime.router.begin_call(deployment)
     if params.stream:
-        return await _start_stream(request, deployment, call, options, headers, record)
-    completion = await _settled(request, deployment.adapter.chat(deployment.model, call, options), record, headers)
-    if isinstance(completion, Response):
-        return completion
+        return await _start_stream(request, runtime, journey, body, params, limits, headers)
+
+    async def complete(deployment: Deployment, options: CallOptions) -> tuple[ChatRequest, dict[str, Any]]:
+        call = ChatRequest(body=body, params=params)  # one per attempt: facts (cold start...) are per call
+        return call, await deployment.adapter.chat(deployment.model, call, options)
+
+    served = await _served(request, runtime.executor.run(journey, complete), journey, headers)
+    if isinstance(served, Response):
+        return served
+    call, completion = served.value
     usage = completion.get("usage") or {}
-    record.end(
+    served.record.end(
         time.monotonic(), ok=True, output_tokens=usage.get("completion_tokens"), cold_start=call.facts.cold_start
     )
-    return json_response(completion, headers={**headers, **call.facts.headers()})
+    headers.update(_served_by(served.deployment), **journey.headers(), **call.facts.headers())
+    return json_response(completion, headers=headers)
 
 
 @router.post("/v1/embeddings")
@@ -112,18 +119,20 @@ async def embeddings(request: Request) -> Response:
             raise APIError(400, "'input' must not be empty.", param="input", code="invalid_value")
         facts = RequestFacts(model=params.model, mode="embeddings")
         facts.prompt_tokens = 0  # embeddings have no chat prompt; context windows are not checked here
-        deployment = _plan(runtime, facts, request_context(request, body)).deployments[0]
+        journey = _start(runtime, facts, request_context(request, body), RequestLimits.of(request, streaming=False))
     except APIError as error:
         return error_response(error, headers)
-    headers.update(_served_by(deployment))
-    options = _call_options(request, deployment, streaming=False)
-    record = runtime.router.begin_call(deployment)
-    work = deployment.adapter.embed(deployment.model, EmbedRequest(body=body, params=params), options)
-    result = await _settled(request, work, record, headers)
-    if isinstance(result, Response):
-        return result
-    record.end(time.monotonic(), ok=True)
-    return json_response(result, headers=headers)
+    call = EmbedRequest(body=body, params=params)
+
+    async def embed(deployment: Deployment, options: CallOptions) -> dict[str, Any]:
+        return await deployment.adapter.embed(deployment.model, call, options)
+
+    served = await _served(request, runtime.executor.run(journey, embed), journey, headers)
+    if isinstance(served, Response):
+        return served
+    served.record.end(time.monotonic(), ok=True)
+    headers.update(_served_by(served.deployment), **journey.headers())
+    return json_response(served.value, headers=headers)
 
 
 @router.get("/v1/models")
@@ -146,22 +155,17 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
     return json_response(_model_object(runtime, model_id), headers=headers)
 
 
-async def _settled(
-    request: Request, work: Awaitable[dict[str, Any]], record: CallRecord, headers: dict[str, str]
-) -> dict[str, Any] | Response:
-    """Await a non-streamed upstream call; on failure or a departed client, settle its stats and return
-    the response to send. On success the caller settles the stats, since only it knows the usage."""
+async def _served(
+    request: Request, work: Awaitable[Served[T]], journey: Journey, headers: dict[str, str]
+) -> Served[T] | Response:
+    """Await the executor; on failure, the error response (with the path taken), or 499 if the client
+    left. The executor has settled every failed or abandoned attempt; the caller settles the winner."""
     try:
         return await unless_client_leaves(request, work)
-    except ProviderError as error:
-        record.end(time.monotonic(), ok=False)
-        return error_response(from_provider_error(error), headers)
+    except Exhausted as exhausted:
+        return error_response(from_provider_error(exhausted.error), {**headers, **journey.headers()})
     except ClientGone:
-        record.abandon(time.monotonic())
         return CLIENT_GONE
-    except BaseException:
-        record.end(time.monotonic(), ok=False)
-        raise
 
 
 # --- streaming ---------------------------------------------------------------------------------------
@@ -169,90 +173,45 @@ async def _settled(
 
 async def _start_stream(
     request: Request,
-    deployment: Deployment,
-    call: ChatRequest,
-    options: CallOptions,
+    runtime: Runtime,
+    journey: Journey,
+    body: dict[str, Any],
+    params: ChatCompletionRequest,
+    limits: RequestLimits,
     headers: dict[str, str],
-    record: CallRecord,
 ) -> Response:
-    """Wait for the first chunk before answering 200.
+    """Wait for a first chunk (from whichever deployment gives one) before answering 200.
 
-    Until then a failure is still an ordinary HTTP error the client (and, later, the fallback logic)
-    can act on; after it, a failure can only be reported inside the stream.
+    Until then a failure is still an ordinary fallback, or an HTTP error the client can act on; after
+    it, the stream is continued elsewhere if its deployment fails, or the failure is told in-stream.
     """
-    chunks = deployment.adapter.stream(deployment.model, call, options)
-    try:
-        first = await unless_client_leaves(request, anext(chunks))
-    except ProviderError as error:
-        record.end(time.monotonic(), ok=False)
-        await chunks.aclose()  # type: ignore[attr-defined]
-        return error_response(from_provider_error(error), headers)
-    except ClientGone:
-        record.abandon(time.monotonic())
-        await chunks.aclose()  # type: ignore[attr-defined]
-        return CLIENT_GONE
-    except StopAsyncIteration:
-        record.end(time.monotonic(), ok=False)
-        return error_response(
-            APIError(
-                502, "Upstream ended the stream without sending anything.", type="server_error", code="upstream_error"
-            ),
-            headers,
-        )
-    except BaseException:
-        record.end(time.monotonic(), ok=False)
-        await chunks.aclose()  # type: ignore[attr-defined]
-        raise
-    record.first_token(time.monotonic())
-    outcome = _StreamOutcome()
 
-    async def finish() -> None:
-        """Runs however the response ends: close the upstream stream and settle the call's stats."""
-        await chunks.aclose()  # type: ignore[attr-defined]
-        now = time.monotonic()
-        if outcome.ok is None:
-            record.abandon(now)
-        else:
-            record.end(now, ok=outcome.ok, output_tokens=outcome.output_tokens, cold_start=call.facts.cold_start)
+    async def begin(deployment: Deployment, options: CallOptions) -> OpenStream:
+        return await open_stream(deployment, ChatRequest(body=body, params=params), options)
 
+    served = await _served(request, runtime.executor.run(journey, begin, discard=discard_stream), journey, headers)
+    if isinstance(served, Response):
+        return served
+    limits.answering = True  # from now on, each wait is bounded per chunk, not by the first-chunk budget
+    stream = ResumingStream(runtime.executor, journey, served, body)
     # What is known once the answer has started (a cold start, for one) goes out with the headers.
-    events = _sse_events(request, first, chunks, call.params.wants_usage_chunk, outcome)
-    return SSEResponse(events, {**headers, **call.facts.headers()}, on_close=finish)
+    headers.update(_served_by(served.deployment), **journey.headers(), **served.value.call.facts.headers())
+    events = _sse_events(request, stream, params.wants_usage_chunk)
+    return SSEResponse(events, headers, on_close=stream.aclose)
 
 
-@dataclass(slots=True)
-class _StreamOutcome:
-    ok: bool | None = None  # None: the client left, which says nothing about the deployment
-    output_tokens: int | None = None
-
-
-async def _sse_events(
-    request: Request,
-    first: StreamChunk,
-    chunks: AsyncIterator[StreamChunk],
-    wants_usage: bool,
-    outcome: _StreamOutcome,
-) -> AsyncIterator[bytes]:
-    chunk = first
+async def _sse_events(request: Request, chunks: ResumingStream, wants_usage: bool) -> AsyncIterator[bytes]:
     try:
-        while True:
+        async for chunk in chunks:
             data = chunk.data
-            usage = data.get("usage")
-            if usage:
-                outcome.output_tokens = usage.get("completion_tokens")
-            # Adapters always end with a usage-only chunk; clients that did not ask for it don't get it.
-            if wants_usage or data.get("choices") or not usage:
+            # The stream always ends with a usage-only chunk; clients that did not ask for it don't get it.
+            if wants_usage or data.get("choices") or not data.get("usage"):
                 yield b"data: " + (chunk.raw if chunk.raw is not None else orjson.dumps(data)) + b"\n\n"
-            chunk = await anext(chunks)
-    except StopAsyncIteration:
-        outcome.ok = True
         yield b"data: [DONE]\n\n"
     except ProviderError as error:
-        outcome.ok = False
         # Headers are gone: tell the SDK in-band, which raises it as an APIError (no silent cut).
         yield sse_error_event(from_provider_error(error))
     except Exception as exc:
-        outcome.ok = False
         log_unexpected(request, exc)
         yield sse_error_event(internal_error())
 
@@ -283,9 +242,9 @@ def _invalid_request(exc: ValidationError, body: dict[str, Any]) -> APIError:
     return APIError(400, f"Invalid value for '{param}': {reason}.", param=param, code="invalid_value")
 
 
-def _plan(runtime: Runtime, facts: RequestFacts, context: RequestContext) -> Plan:
+def _start(runtime: Runtime, facts: RequestFacts, context: RequestContext, limits: RequestLimits) -> Journey:
     try:
-        return runtime.router.plan(facts, context)
+        return runtime.executor.start(facts, context, limits.options_for)
     except UnknownModel as exc:
         raise _model_not_found(exc.model) from None
     except WrongModelMode as exc:
@@ -330,21 +289,57 @@ def _model_object(runtime: Runtime, name: str) -> dict[str, Any]:
     }
 
 
-def _call_options(request: Request, deployment: Deployment, *, streaming: bool) -> CallOptions:
-    """The deployment's limits, tightened by the client's own read timeout when it sends one.
+@dataclass(slots=True)
+class RequestLimits:
+    """Time limits of one request, shared by all its attempts.
 
     The OpenAI SDKs send `x-stainless-read-timeout`: the longest they wait for any read. Past it the
     client has given up, so working on longer only burns upstream capacity. A non-streamed answer is
-    one read, so it bounds the whole call; a stream is many reads, so it bounds each wait for a chunk.
+    one read, so it bounds the whole request, retries and fallbacks included; a stream is many reads,
+    so it bounds the wait for the first chunk (over all attempts) and then each wait for a chunk.
+    `x-gateway-timeout-ms` sets a deadline for the whole request, streams included.
     """
-    limits = deployment.timeouts
-    total, first_token, idle = limits.total_s or 600.0, limits.first_token_s or 60.0, limits.idle_s or 60.0
+
+    started: float
+    streaming: bool
+    client_read_s: float | None
+    deadline: float | None
+    answering: bool = False  # a stream's first chunk went out
+
+    @classmethod
+    def of(cls, request: Request, *, streaming: bool) -> RequestLimits:
+        now = asyncio.get_running_loop().time()
+        timeout_ms = _positive(request.headers.get("x-gateway-timeout-ms"))
+        return cls(
+            started=now,
+            streaming=streaming,
+            client_read_s=_positive(request.headers.get("x-stainless-read-timeout")),
+            deadline=now + timeout_ms / 1000.0 if timeout_ms else None,
+        )
+
+    def options_for(self, deployment: Deployment) -> CallOptions:
+        limits = deployment.timeouts
+        total, first_token, idle = limits.total_s or 600.0, limits.first_token_s or 60.0, limits.idle_s or 60.0
+        now = asyncio.get_running_loop().time()
+        if self.client_read_s is not None:
+            read_left = self.started + self.client_read_s - now
+            if not self.streaming:
+                total = min(total, read_left)
+            elif not self.answering:
+                first_token = min(first_token, read_left)
+            else:
+                first_token = min(first_token, self.client_read_s)
+            idle = min(idle, self.client_read_s)
+        if self.deadline is not None:
+            total = min(total, self.deadline - now)
+        return CallOptions.within(
+            max(total, 0.0), connect_s=limits.connect_s or 5.0, first_token_s=max(first_token, 0.0), idle_s=idle
+        )
+
+
+def _positive(value: str | None) -> float | None:
     try:
-        client_read_s = float(request.headers.get("x-stainless-read-timeout") or 0)
+        number = float(value) if value else 0.0
     except ValueError:
-        client_read_s = 0.0
-    if client_read_s > 0:
-        first_token, idle = min(first_token, client_read_s), min(idle, client_read_s)
-        if not streaming:
-            total = min(total, client_read_s)
-    return CallOptions.within(total, connect_s=limits.connect_s or 5.0, first_token_s=first_token, idle_s=idle)
+        return None
+    return number if number > 0 and math.isfinite(number) else None

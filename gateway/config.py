@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from gateway.locations import PathPart, data_path, format_path
 from gateway.yaml_source import YamlDocument, YamlSyntaxError, load_yaml
 from providers.registry import ADAPTERS, ProviderConfig
-from routing.config import DEFAULT_TIMEOUTS, ModelAliasConfig, RouteRule, Timeouts
+from routing.config import DEFAULT_TIMEOUTS, ModelAliasConfig, Resilience, RouteRule, Timeouts
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 BUNDLED_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "gateway.yaml"
@@ -44,6 +44,12 @@ class ServerSettings(_Strict):
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     http_client: HTTPClientSettings = HTTPClientSettings()
     watch_config: bool = Field(default=True, description="Reload when the config file changes (SIGHUP always works).")
+    resilience: Resilience = Resilience()
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="After SIGTERM, how long in-flight requests (streams included) may run before they are cut.",
+    )
 
 
 class StateSettings(_Strict):
@@ -215,6 +221,7 @@ def _reference_issues(document: YamlDocument) -> list[ConfigIssue]:
             if model.get("mode") == "embeddings" and adapter is not None and not adapter.supports_embeddings:
                 message = f"provider {name!r} (type {adapter.provider_type}) does not serve embeddings"
                 issues.append(ConfigIssue(_path_text(path), message, where))
+        issues.extend(_fallback_issues(document, alias, model, models))
     for index, rule in enumerate(data.get("routes") if isinstance(data.get("routes"), list) else ()):
         target = rule.get("use") if isinstance(rule, dict) else None
         if isinstance(target, str) and target not in models:
@@ -227,6 +234,36 @@ def _reference_issues(document: YamlDocument) -> list[ConfigIssue]:
                     _where(document.filename, document.line_of(path)),
                 )
             )
+    return issues
+
+
+def _fallback_issues(document: YamlDocument, alias: str, model: Any, models: dict[str, Any]) -> list[ConfigIssue]:
+    """Fallback aliases must exist and serve the same endpoint (a chat request cannot fall to embeddings)."""
+    fallbacks = model.get("fallbacks") if isinstance(model, dict) else None
+    if isinstance(fallbacks, list):
+        chains: dict[str, Any] = {"": fallbacks}
+    elif isinstance(fallbacks, dict):
+        chains = fallbacks
+    else:
+        return []
+    mode = model.get("mode", "chat")
+    issues = []
+    for kind, chain in chains.items():
+        for index, target in enumerate(chain if isinstance(chain, list) else ()):
+            if not isinstance(target, str):
+                continue
+            path: tuple[PathPart, ...] = ("models", alias, "fallbacks", *((kind,) if kind else ()), index)
+            where = _where(document.filename, document.line_of(path))
+            other = models.get(target)
+            if other is None:
+                message = f"unknown model {target!r} (known: {', '.join(models) or 'none'})"
+            elif target == alias:
+                message = "a model cannot fall back to itself"
+            elif isinstance(other, dict) and other.get("mode", "chat") != mode:
+                message = f"{target!r} serves {other.get('mode', 'chat')}; '{alias}' serves {mode}"
+            else:
+                continue
+            issues.append(ConfigIssue(_path_text(path), message, where))
     return issues
 
 

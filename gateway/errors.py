@@ -81,6 +81,8 @@ def from_provider_error(error: ProviderError) -> APIError:
             param = param or "messages"  # the code stays OpenAI's, whatever the provider called it
         elif error.kind is ErrorKind.INVALID_REQUEST:
             code = error.code or code  # an OpenAI-compatible upstream's own code, e.g. unsupported_value
+    elif error.provider == "gateway":  # the gateway's own verdict (all resting, deadline passed)
+        message = error.message[:1].upper() + error.message[1:] + "."
     else:
         message = f"Upstream provider '{error.provider}' failed: {error.message}"
         if error.kind is ErrorKind.AUTH and error.code == "insufficient_quota":

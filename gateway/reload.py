@@ -60,15 +60,15 @@ class ConfigReloader:
             same_http = loaded.config.server.http_client == old.config.server.http_client
             try:
                 new = Runtime.build(
-                    loaded, started_at=old.started_at, stats=old.router.stats, http=old.http if same_http else None
+                    loaded, started_at=old.started_at, previous=old, http=old.http if same_http else None
                 )
             except Exception as exc:  # valid YAML that still cannot be built (e.g. an unusable proxy URL)
                 error = f"(config): cannot build the gateway from it: {type(exc).__name__}: {exc}"
                 log.error("config reload rejected, keeping the running config: %s", error)
                 return ReloadResult(ok=False, errors=[error])
             self.app.state.runtime = new  # the swap: one assignment, seen by every request from now on
-            # Only now forget the stats of deployments that are gone (a failed build must not lose them).
-            new.router.stats.retain({d.key for d in new.router.all_deployments()})
+            # Only now forget the state of deployments that are gone (a failed build must not lose it).
+            new.adopt_state()
             self.reloads += 1
             if not same_http:
                 self._spawn(self._close_later(old))

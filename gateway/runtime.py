@@ -17,6 +17,9 @@ from providers.base import ProviderAdapter
 from providers.http import create_http_client
 from providers.registry import ADAPTERS
 from providers.tokens import encoding
+from routing.circuits import CircuitBreakers
+from routing.executor import Executor
+from routing.retry_budget import RetryBudgets
 from routing.router import Router
 from routing.stats import LiveStats
 
@@ -27,6 +30,7 @@ class Runtime:
     http: httpx.AsyncClient
     adapters: dict[str, ProviderAdapter]
     router: Router
+    executor: Executor
     started_at: int
 
     @property
@@ -38,10 +42,11 @@ class Runtime:
         cls,
         loaded: LoadedConfig,
         started_at: int,
-        stats: LiveStats | None = None,
+        previous: Runtime | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> Runtime:
-        """A runtime for `loaded`. A reload passes the running one's stats (so they survive) and, when the
+        """A runtime for `loaded`. A reload passes the running one, whose live stats, circuit breakers
+        and retry budgets carry over (a reload must not forget that a provider is down), and, when the
         HTTP client settings did not change, its client (so its warm connection pool survives too)."""
         config = loaded.config
         if http is None:
@@ -52,10 +57,28 @@ class Runtime:
                 proxy=settings.proxy.get_secret_value() if settings.proxy else None,
             )
         adapters = {name: ADAPTERS[provider.type](name, provider, http) for name, provider in config.providers.items()}
-        router = Router(config.models, adapters, config.server.timeouts, routes=config.routes, stats=stats)
+        resilience = config.server.resilience
+        if previous is None:
+            stats, circuits = LiveStats(), CircuitBreakers(resilience.circuit_breaker)
+            budgets = RetryBudgets(resilience.retry_budget)
+        else:
+            stats, circuits, budgets = previous.router.stats, previous.executor.circuits, previous.executor.budgets
+        router = Router(
+            config.models, adapters, config.server.timeouts, routes=config.routes, stats=stats, circuits=circuits
+        )
+        executor = Executor(router, resilience, circuits, budgets)
         # Load the tokenizer now, not inside the first request that needs it (it takes ~1 s).
         encoding()
-        return cls(loaded=loaded, http=http, adapters=adapters, router=router, started_at=started_at)
+        return cls(loaded=loaded, http=http, adapters=adapters, router=router, executor=executor, started_at=started_at)
+
+    def adopt_state(self) -> None:
+        """After this runtime replaced another: apply its policies to the carried-over state and forget
+        deployments that are gone. Not in `build`, so a failed reload changes nothing."""
+        keys = {d.key for d in self.router.all_deployments()}
+        resilience = self.config.server.resilience
+        self.router.stats.retain(keys)
+        self.executor.circuits.reconfigure(resilience.circuit_breaker, keys)
+        self.executor.budgets.reconfigure(resilience.retry_budget, keys)
 
     async def aclose(self, *, close_http: bool = True) -> None:
         for adapter in self.adapters.values():

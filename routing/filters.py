@@ -14,20 +14,21 @@ from routing.context import RequestContext, RequestFacts
 
 
 class CircuitView(Protocol):
-    """What the resilience layer tells the router: whether a deployment is refusing calls right now."""
+    """What the resilience layer tells the router: why a deployment refuses calls right now, or None."""
 
-    def is_open(self, key: str) -> bool: ...
+    def blocked(self, key: str, now: float | None = None) -> str | None: ...
 
 
 class AllClosed:
-    def is_open(self, key: str) -> bool:
-        return False
+    def blocked(self, key: str, now: float | None = None) -> str | None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     reason: str
     policy: bool  # removed by the tenant's contract (403) rather than by what the request needs (400)
+    resting: bool = False  # removed only for now (open breaker, rate-limit rest): a 503, not a 400
 
 
 def rejection(
@@ -63,6 +64,7 @@ def rejection(
                 f"context window is {config.context_window}",
                 False,
             )
-    if circuits.is_open(deployment.key):  # type: ignore[attr-defined]
-        return Verdict("its circuit breaker is open (recent failures)", False)
+    blocked = circuits.blocked(deployment.key)  # type: ignore[attr-defined]
+    if blocked is not None:
+        return Verdict(blocked, False, resting=True)
     return None

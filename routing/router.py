@@ -46,6 +46,7 @@ class Rejection:
     deployment: Deployment
     reason: str
     policy: bool
+    resting: bool = False
 
 
 @dataclass(slots=True)
@@ -99,6 +100,8 @@ class NoDeploymentAvailable(Exception):
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.policy = all(r.policy for r in plan.rejected)  # only the tenant's contract stood in the way
+        # Some deployment would serve but is resting (open breaker, rate limited): try again later.
+        self.resting = any(r.resting for r in plan.rejected)
         reasons = "; ".join(f"{r.deployment.key}: {r.reason}" for r in plan.rejected)
         super().__init__(f"No deployment of '{plan.alias}' can serve this request. {reasons}")
 
@@ -166,12 +169,16 @@ class Router:
         context: RequestContext | None = None,
         now: float | None = None,
         explore_share: float | None = None,
+        alias: str | None = None,
     ) -> Plan:
         """The deployments to try for this request, best first. Raises UnknownModel, WrongModelMode or
-        NoDeploymentAvailable."""
+        NoDeploymentAvailable. `alias` skips alias selection (a fallback names its alias itself)."""
         context = context or RequestContext()
         now = time.monotonic() if now is None else now
-        alias, chosen_by = self._alias(facts, context)
+        if alias is None:
+            alias, chosen_by = self._alias(facts, context)
+        else:
+            chosen_by = "a fallback"
         config = self.models.get(alias)
         if config is None:
             raise UnknownModel(alias)
@@ -184,7 +191,7 @@ class Router:
             if verdict is None:
                 usable.append(deployment)
             else:
-                plan.rejected.append(Rejection(deployment, verdict.reason, verdict.policy))
+                plan.rejected.append(Rejection(deployment, verdict.reason, verdict.policy, verdict.resting))
         if not usable:
             raise NoDeploymentAvailable(plan)
         inputs = Inputs(alias=config, facts=facts, stats=self.stats, now=now, rng=self.rng)

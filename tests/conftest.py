@@ -40,6 +40,14 @@ models:
 """
 
 
+#: For tests of one adapter through the gateway: each request makes exactly one upstream call (no retry,
+#: no stream continuation), and one test's scripted failures never rest the deployment for the next test.
+ONE_ATTEMPT = (
+    "server: {resilience: {retry: {attempts_per_deployment: 1}, circuit_breaker: {enabled: false},"
+    " stream_continuations: 0}}"
+)
+
+
 @pytest.fixture(scope="session")
 def openapi() -> OpenAPISchemas:
     return load_openapi_schemas()

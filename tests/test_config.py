@@ -249,3 +249,58 @@ models:
 """
     config = parse_config(text, "t.yaml", {}).config
     assert "very-secret" not in repr(config) and "very-secret" not in str(config.model_dump())
+
+
+FALLBACKS = """\
+providers:
+  m: {type: mock}
+models:
+  chat:
+    deployments: [{provider: m, model: a}]
+    fallbacks:
+      default: [chat-b, nowhere]
+      context_window: [chat]
+  chat-b:
+    deployments: [{provider: m, model: b}]
+    fallbacks: [vectors]
+  vectors:
+    mode: embeddings
+    deployments: [{provider: m, model: mock-embedding-1}]
+"""
+
+
+def test_fallback_chains_name_existing_models_of_the_same_mode() -> None:
+    assert issues_of(FALLBACKS) == [
+        "models.chat.fallbacks.default[1]: unknown model 'nowhere' (known: chat, chat-b, vectors) at gateway.yaml:7",
+        "models.chat.fallbacks.context_window[0]: a model cannot fall back to itself at gateway.yaml:8",
+        "models.chat-b.fallbacks[0]: 'vectors' serves embeddings; 'chat-b' serves chat at gateway.yaml:11",
+    ]
+
+
+def test_resilience_settings_have_defaults_and_per_alias_overrides() -> None:
+    text = """\
+server:
+  resilience:
+    retry: {attempts_per_deployment: 3}
+    circuit_breaker: {consecutive_failures: 2, cooldown_s: 1}
+providers:
+  m: {type: mock}
+models:
+  chat:
+    retry: {attempts_per_deployment: 1, max_attempts: 2}
+    hedge: {after_ms: 250}
+    fallbacks: [other]
+    deployments: [{provider: m, model: a, prefill: false}]
+  other: {deployments: [{provider: m, model: b}]}
+"""
+    config = parse_config(text, "gateway.yaml", {}).config
+    assert config.server.resilience.retry.attempts_per_deployment == 3
+    assert config.server.resilience.circuit_breaker.consecutive_failures == 2
+    chat = config.models["chat"]
+    assert chat.retry is not None and chat.retry.max_attempts == 2
+    assert chat.hedge is not None and chat.hedge.after_ms == 250
+    assert chat.fallbacks.for_kind("unavailable") == ["other"]
+    assert chat.fallbacks.for_kind("context_window") == ["other"], "unset: the default chain"
+    assert chat.fallbacks.for_kind("content_filter") == [], "a filtered request fails unless told otherwise"
+    assert chat.deployments[0].prefill is False
+    assert config.models["other"].hedge is None

@@ -12,8 +12,10 @@ import openai
 import pytest
 
 from providers.anthropic import AnthropicAdapter, AnthropicConfig
+from providers.anthropic.mapping import to_messages
 from providers.errors import ErrorKind, ProviderError
-from tests.conftest import serve_gateway
+from providers.schema import ChatCompletionRequest
+from tests.conftest import ONE_ATTEMPT, serve_gateway
 from tests.fakes import anthropic as fake_anthropic
 from tests.fakes.anthropic import CutStream, FakeAnthropic, Hang, Reply, StreamError
 from tests.support.adapters import adapter_error as call_adapter
@@ -43,6 +45,7 @@ def module_rig() -> Iterator[Rig]:
     with FakeAnthropic() as fake:
         provider = f"type: anthropic, api_key: sk-ant-fake, base_url: '{fake.url}'"
         config = f"""
+{ONE_ATTEMPT}
 providers:
   anthropic: {{{provider}}}
   anthropic-native: {{{provider}, json_mode: native}}
@@ -223,3 +226,47 @@ def test_wrong_key_is_an_auth_error_that_never_shows_the_key(rig: Rig) -> None:
     response = httpx.post(rig.url + "/v1/chat/completions", json={"model": "claude-badkey", "messages": MESSAGES})
     assert response.status_code == 502 and response.headers["x-should-retry"] == "false"
     assert "anthropic-badkey" in response.json()["error"]["message"] and "sk-ant-wrong-777" not in response.text
+
+
+# --- prefill: a final assistant message is continued -------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prefill_is_sent_without_trailing_whitespace_and_continued(rig: Rig, stream: bool) -> None:
+    """Anthropic refuses a final assistant text ending in whitespace (the fake does too): the mapping strips it,
+    and the reply is the rest of the answer, starting with the stripped space."""
+    assert AnthropicAdapter.supports_prefill
+    messages: list[Any] = [*MESSAGES, {"role": "assistant", "content": "You said: Where \n"}]
+    if stream:
+        chunks = rig.client.chat.completions.create(model="claude", messages=messages, stream=True)
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    else:
+        text = rig.client.chat.completions.create(model="claude", messages=messages).choices[0].message.content or ""
+    assert text == " is Paris?"
+    assert rig.fake.requests[-1].json["messages"][-1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "You said: Where"}],
+    }
+
+
+def test_only_the_final_assistant_text_is_trimmed_and_a_blank_prefill_is_dropped(rig: Rig) -> None:
+    history: list[Any] = [
+        {"role": "user", "content": "Where is Paris?"},
+        {"role": "assistant", "content": "In France.  "},
+        {"role": "user", "content": "And Rome?"},
+    ]
+    rig.client.chat.completions.create(model="claude", messages=[*history, {"role": "assistant", "content": "In "}])
+    sent = rig.fake.requests[-1].json["messages"]
+    assert sent[1]["content"] == [{"type": "text", "text": "In France.  "}]  # earlier turns are left alone
+    assert sent[-1]["content"] == [{"type": "text", "text": "In"}]
+
+    blank = [*history, {"role": "assistant", "content": " \n"}]
+    reply = rig.client.chat.completions.create(model="claude", messages=blank)
+    assert reply.choices[0].message.content == "You said: And Rome?"  # nothing to continue: a fresh answer
+    assert [turn["role"] for turn in rig.fake.requests[-1].json["messages"]] == ["user", "assistant", "user"]
+
+    call = {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
+    ending_in_a_call = [*history, {"role": "assistant", "content": "Checking. ", "tool_calls": [call]}]
+    params = ChatCompletionRequest.model_validate({"model": "m", "messages": ending_in_a_call, "tools": [WEATHER]})
+    plan = to_messages(params, default_max_tokens=10, json_mode="tool")
+    assert plan.body["messages"][-1]["content"][0] == {"type": "text", "text": "Checking. "}  # not a text ending

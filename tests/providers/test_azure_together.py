@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import serve_gateway
+from tests.conftest import ONE_ATTEMPT, serve_gateway
 from tests.fakes.azure import ContentFiltered, FakeAzureOpenAI, PromptFiltered, RateLimited
 from tests.fakes.openai_upstream import DEFAULT_CONTENT, Error, Hang, Reply
 from tests.fakes.together import CloudflareTimeout, ContextTooLong, FakeTogether, Overloaded
@@ -48,6 +48,7 @@ def module_rig() -> Iterator[Rig]:
             f"authority: '{azure.url}'}}"
         )
         config = f"""
+{ONE_ATTEMPT}
 providers:
   azure: {{type: azure, endpoint: '{azure.url}', api_key: k, api_version: '2024-10-21'}}
   azure-v1: {{type: azure, endpoint: '{azure.url}', api_style: v1, api_key: k}}

@@ -13,8 +13,10 @@ import openai
 import pytest
 
 from providers.bedrock import BedrockAdapter, BedrockConfig
+from providers.bedrock.mapping import to_converse
 from providers.errors import ErrorKind, ProviderError
-from tests.conftest import serve_gateway
+from providers.schema import ChatCompletionRequest
+from tests.conftest import ONE_ATTEMPT, serve_gateway
 from tests.fakes import bedrock as fake_bedrock
 from tests.fakes.bedrock import CutStream, FakeBedrock, Hang, Reply, StreamException
 from tests.support.adapters import adapter_error as call_adapter
@@ -53,6 +55,7 @@ def rig() -> Iterator[Rig]:
     fake = FakeBedrock()
     with ServerThread(fake.app) as upstream:
         config = f"""
+{ONE_ATTEMPT}
 providers:
   bedrock: {provider(upstream.url)}
   bedrock-native: {provider(upstream.url, extra=", json_mode: native")}
@@ -284,6 +287,7 @@ def test_credentials_from_the_standard_aws_chain_and_session_tokens(monkeypatch:
     fake = FakeBedrock({"AKIDSESSION": "session-secret"}, session_tokens={"AKIDSESSION": "the-session-token"})
     with ServerThread(fake.app) as upstream:
         config = f"""
+{ONE_ATTEMPT}
 providers:
   chain: {{type: bedrock, region: eu-west-1, endpoint_url: '{upstream.url}'}}
 models:
@@ -304,3 +308,43 @@ def test_prompt_cache_tokens_count_as_prompt_tokens_and_are_reported(rig: Rig) -
     assert usage["prompt_tokens_details"] == {"cached_tokens": 40, "cache_write_tokens": 12}
     assert usage["prompt_tokens"] >= 52 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert bedrock_usage.operation == "converse"
+
+
+# --- prefill: a final assistant message is continued -------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prefill_is_the_last_turn_without_trailing_whitespace(rig: Rig, stream: bool) -> None:
+    """Claude on Bedrock refuses a final assistant text ending in whitespace, as Anthropic does."""
+    assert BedrockAdapter.supports_prefill
+    messages: list[Any] = [*MESSAGES, {"role": "assistant", "content": [{"type": "text", "text": "It is in \n "}]}]
+    body = {"model": "claude", "messages": messages, "stream": stream}
+    response = httpx.post(rig.url + "/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    sent = rig.fake.requests[-1]
+    assert sent.operation == ("converse-stream" if stream else "converse")
+    assert sent.json["messages"][-1] == {"role": "assistant", "content": [{"text": "It is in"}]}
+
+
+def test_only_the_final_assistant_text_is_trimmed_and_a_blank_prefill_is_dropped(rig: Rig) -> None:
+    history: list[Any] = [
+        {"role": "user", "content": "Where is Paris?"},
+        {"role": "assistant", "content": "In France.  "},
+        {"role": "user", "content": "And Rome?"},
+    ]
+    rig.client.chat.completions.create(model="claude", messages=[*history, {"role": "assistant", "content": "In "}])
+    sent = rig.fake.requests[-1].json["messages"]
+    assert sent[1]["content"] == [{"text": "In France.  "}]  # earlier turns are left alone
+    assert sent[-1]["content"] == [{"text": "In"}]
+
+    # Converse refuses blank text blocks: a whitespace-only prefill goes, and the model answers the user turn
+    blank = [*history, {"role": "assistant", "content": "  "}]
+    reply = rig.client.chat.completions.create(model="claude", messages=blank)
+    assert reply.choices[0].message.content == "You said: And Rome?"
+    assert [turn["role"] for turn in rig.fake.requests[-1].json["messages"]] == ["user", "assistant", "user"]
+
+    call = {"id": "tooluse_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}
+    ending_in_a_call = [*history, {"role": "assistant", "content": "Checking. ", "tool_calls": [call]}]
+    params = ChatCompletionRequest.model_validate({"model": "m", "messages": ending_in_a_call, "tools": [WEATHER]})
+    turns = to_converse(params, json_mode="tool").body["messages"]
+    assert turns[-1]["content"][0] == {"text": "Checking. "}  # the turn ends in a tool call, not in text

@@ -19,7 +19,7 @@ import pytest
 
 from providers.errors import ErrorKind, ProviderError
 from providers.openai_compatible import OpenAICompatibleAdapter, OpenAICompatibleConfig
-from tests.conftest import serve_gateway
+from tests.conftest import ONE_ATTEMPT, serve_gateway
 from tests.fakes.openai_upstream import DEFAULT_CONTENT, Error, FakeOpenAI, Hang, Malformed, Reply, StreamChunks
 from tests.support.adapters import adapter_error as call_adapter
 from tests.support.openapi import OpenAPISchemas
@@ -41,6 +41,7 @@ def gateway_config(
     upstream_url: str, *, stream_usage: bool = True, timeouts: str = "first_token_s: 1.0, idle_s: 1.0, total_s: 2.5"
 ) -> str:
     return f"""
+{ONE_ATTEMPT}
 providers:
   up:
     type: openai
@@ -295,9 +296,8 @@ def test_upstream_calls_go_through_the_configured_proxy() -> None:
     """The fake plays the proxy: the upstream host does not resolve, so only a proxied call can succeed."""
     fake = FakeOpenAI()
     with ServerThread(fake.app) as proxy:
-        config = gateway_config("http://upstream.invalid:9").replace(
-            "providers:", f"server: {{http_client: {{proxy: '{proxy.url}'}}}}\nproviders:", 1
-        )
+        config = gateway_config("http://upstream.invalid:9").replace(ONE_ATTEMPT, "", 1)
+        config = f"server: {{http_client: {{proxy: '{proxy.url}'}}}}\n" + config
         with serve_gateway(config) as url:
             response = httpx.post(url + "/v1/chat/completions", json={"model": "gpt", "messages": MESSAGES})
     assert response.status_code == 200, response.text

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import serve_gateway
+from tests.conftest import ONE_ATTEMPT, serve_gateway
 from tests.fakes import replicate as fake_replicate
 from tests.fakes.replicate import Fail, FakeReplicate, Hang, Reply
 from tests.support.openapi import OpenAPISchemas
@@ -34,6 +34,7 @@ def module_rig() -> Iterator[Rig]:
     fake = FakeReplicate()
     with ServerThread(fake.app) as upstream:
         config = f"""
+{ONE_ATTEMPT}
 providers:
   replicate: {{type: replicate, api_token: r8_fake, base_url: '{upstream.url}', wait_s: 1, poll_interval_s: 0.05}}
   replicate-badkey: {{type: replicate, api_token: r8_wrong_555, base_url: '{upstream.url}'}}

@@ -16,7 +16,7 @@ import pytest
 
 from providers.errors import ErrorKind, ProviderError
 from providers.vertex import VertexAdapter, VertexConfig
-from tests.conftest import serve_gateway
+from tests.conftest import ONE_ATTEMPT, serve_gateway
 from tests.fakes import vertex as fake_vertex
 from tests.fakes.vertex import DEFAULT_TEXT, CutStream, Error, FakeVertex, Hang, Reply
 from tests.support.adapters import adapter_error as call_adapter
@@ -53,6 +53,7 @@ def module_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     with FakeVertex() as fake:
         key_file = fake.write_service_account_file(tmp_path_factory.mktemp("vertex") / "sa.json")
         config = f"""
+{ONE_ATTEMPT}
 providers:
   vertex: {vertex_provider(fake, key_file)}
 models:
@@ -265,6 +266,7 @@ def test_expiring_token_is_refreshed_before_a_request_fails(tmp_path: Path) -> N
     with FakeVertex(expires_in=2) as fake:  # every token expires in 2 s: inside the 5-minute margin
         key_file = fake.write_service_account_file(tmp_path / "sa.json")
         config = f"""
+{ONE_ATTEMPT}
 providers:
   vertex: {vertex_provider(fake, key_file)}
 models:
@@ -289,6 +291,7 @@ def test_application_default_credentials(rig: Rig, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(rig.key_file))
     monkeypatch.setenv("NO_GCE_CHECK", "True")
     config = f"""
+{ONE_ATTEMPT}
 providers:
   vertex: {{type: vertex, project: fake-project, location: us-central1, endpoint_url: '{rig.fake.url}', adc: true}}
 models:

@@ -1,0 +1,218 @@
+"""Circuit breakers, one per deployment: stop sending traffic to a deployment that keeps failing.
+
+A breaker is *closed* (calls flow) until the deployment fails `consecutive_failures` times in a row, or
+`error_rate` of at least `min_calls` calls in the last `window_s` fail. It then *opens*: the router skips
+the deployment, so requests go elsewhere at once instead of each paying a timeout. After `cooldown_s`
+it is *half-open*: up to `half_open_probes` real calls go through; a success closes it, a failure opens
+it again for twice as long (up to `max_cooldown_s`), so a dead provider is probed ever more rarely.
+
+A rate limit is not a failure: the deployment is healthy but full. It *cools down* for the provider's
+`retry-after` (capped) and then takes traffic again, with its failure counts untouched.
+
+State lives in this process and is kept across config reloads (keyed by `provider/model`). It is read
+by the router on every request, so `blocked` is O(1) and never allocates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from providers.errors import ErrorKind
+from routing.config import CircuitBreakerPolicy
+
+#: Failures that say the deployment is unwell. The request's own faults (invalid_request,
+#: context_window, content_filter) say it is alive and answering.
+HEALTH_FAILURES = frozenset(
+    {ErrorKind.UNAVAILABLE, ErrorKind.INTERNAL, ErrorKind.TIMEOUT, ErrorKind.AUTH, ErrorKind.NOT_FOUND}
+)
+_BUCKET_S = 1.0
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass
+class _Window:
+    """Calls and failures per one-second bucket over the last `span_s` seconds (a ring of counters)."""
+
+    span_s: float
+    calls: list[int] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)
+    _head: int = -1  # the bucket number (time // 1 s) of the newest slot
+
+    def __post_init__(self) -> None:
+        size = max(int(self.span_s / _BUCKET_S), 1)
+        self.calls, self.failures = [0] * size, [0] * size
+
+    def _advance(self, now: float) -> int:
+        bucket = int(now // _BUCKET_S)
+        size = len(self.calls)
+        if bucket != self._head:
+            for step in range(1, min(bucket - self._head, size) + 1):
+                slot = (self._head + step) % size
+                self.calls[slot] = self.failures[slot] = 0
+            self._head = bucket
+        return bucket % size
+
+    def add(self, now: float, failed: bool) -> None:
+        slot = self._advance(now)
+        self.calls[slot] += 1
+        self.failures[slot] += int(failed)
+
+    def totals(self, now: float) -> tuple[int, int]:
+        self._advance(now)
+        return sum(self.calls), sum(self.failures)
+
+    def clear(self) -> None:
+        self.calls = [0] * len(self.calls)
+        self.failures = [0] * len(self.failures)
+
+
+class Breaker:
+    """One deployment's breaker. Every admitted call must end in exactly one of `succeeded`, `failed`
+    or `released` (the call was abandoned and says nothing)."""
+
+    def __init__(self, policy: CircuitBreakerPolicy) -> None:
+        self.policy = policy
+        self.state = CircuitState.CLOSED
+        self.consecutive_failures = 0
+        self.window = _Window(policy.window_s)
+        self.cooldown_s = policy.cooldown_s
+        self.opened_at: float | None = None
+        self.retry_at = 0.0  # open: when probing may start
+        self.rate_limited_until = 0.0
+        self.probes_in_flight = 0
+        self.times_opened = 0
+        self.open_reason = ""  # why it opened, for the router's explanation and the admin view
+
+    def blocked(self, now: float) -> str | None:
+        """Why no call may start now, or None."""
+        if not self.policy.enabled:
+            return None
+        if now < self.rate_limited_until:
+            return f"rate limited by the provider: resting for {self.rate_limited_until - now:.1f} s more"
+        if self.state is CircuitState.OPEN:
+            if now < self.retry_at:
+                return f"its circuit breaker is open ({self.open_reason}); probing in {self.retry_at - now:.1f} s"
+            return None  # cooldown over: the next call is a probe
+        if self.state is CircuitState.HALF_OPEN and self.probes_in_flight >= self.policy.half_open_probes:
+            return "its circuit breaker is half-open and its probe calls are in flight"
+        return None
+
+    def admit(self, now: float) -> bool:
+        """Claim the right to call; False when blocked. A probe slot is taken while half-open."""
+        if self.blocked(now) is not None:
+            return False
+        if self.state is CircuitState.OPEN:
+            self.state = CircuitState.HALF_OPEN
+        if self.state is CircuitState.HALF_OPEN:
+            self.probes_in_flight += 1
+        return True
+
+    def succeeded(self, now: float) -> None:
+        self.window.add(now, failed=False)
+        self.consecutive_failures = 0
+        if self.state is CircuitState.HALF_OPEN:
+            self.probes_in_flight = max(self.probes_in_flight - 1, 0)
+            self.state = CircuitState.CLOSED
+            self.cooldown_s = self.policy.cooldown_s
+            self.window.clear()  # the old failures are history: judge the recovered deployment afresh
+
+    def failed(self, now: float, kind: ErrorKind, retry_after_s: float | None = None) -> None:
+        if kind is ErrorKind.RATE_LIMITED:
+            rest = min(retry_after_s if retry_after_s is not None else 1.0, self.policy.max_rate_limit_cooldown_s)
+            self.rate_limited_until = max(self.rate_limited_until, now + rest)
+            self._release_probe()
+            return
+        if kind not in HEALTH_FAILURES:
+            self.succeeded(now)  # it answered: the request, not the deployment, was at fault
+            return
+        self.window.add(now, failed=True)
+        self.consecutive_failures += 1
+        if self.state is CircuitState.HALF_OPEN:
+            self._release_probe()
+            self.cooldown_s = min(self.cooldown_s * 2, self.policy.max_cooldown_s)
+            self._open(now, f"a probe call failed: {kind.value}")
+            return
+        if self.state is CircuitState.CLOSED:
+            reason = self._trip_reason(now, kind)
+            if reason is not None:
+                self._open(now, reason)
+
+    def released(self) -> None:
+        self._release_probe()
+
+    def _release_probe(self) -> None:
+        if self.state is CircuitState.HALF_OPEN:
+            self.probes_in_flight = max(self.probes_in_flight - 1, 0)
+
+    def _trip_reason(self, now: float, kind: ErrorKind) -> str | None:
+        if self.consecutive_failures >= self.policy.consecutive_failures:
+            return f"{self.consecutive_failures} failures in a row, the last {kind.value}"
+        calls, failures = self.window.totals(now)
+        if calls >= self.policy.min_calls and failures / calls >= self.policy.error_rate:
+            return f"{failures} of {calls} calls in {self.policy.window_s:g} s failed"
+        return None
+
+    def _open(self, now: float, reason: str) -> None:
+        self.state = CircuitState.OPEN
+        self.open_reason = reason
+        self.opened_at = now
+        self.retry_at = now + self.cooldown_s
+        self.times_opened += 1
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        calls, failures = self.window.totals(now)
+        state = self.state
+        if state is CircuitState.OPEN and now >= self.retry_at:
+            state = CircuitState.HALF_OPEN  # what the next call will find
+        return {
+            "state": state.value,
+            "blocked": self.blocked(now),
+            "open_reason": self.open_reason or None,
+            "consecutive_failures": self.consecutive_failures,
+            "window_calls": calls,
+            "window_failures": failures,
+            "times_opened": self.times_opened,
+            "cooldown_s": self.cooldown_s,
+            "probing_in_s": max(self.retry_at - now, 0.0) if self.state is CircuitState.OPEN else None,
+            "rate_limited_for_s": max(self.rate_limited_until - now, 0.0) or None,
+        }
+
+
+class CircuitBreakers:
+    """The breakers of every deployment this process has called; the router's `CircuitView`."""
+
+    def __init__(self, policy: CircuitBreakerPolicy | None = None) -> None:
+        self.policy = policy or CircuitBreakerPolicy()
+        self._by_key: dict[str, Breaker] = {}
+
+    def get(self, key: str) -> Breaker:
+        breaker = self._by_key.get(key)
+        if breaker is None:
+            breaker = self._by_key[key] = Breaker(self.policy)
+        return breaker
+
+    def blocked(self, key: str, now: float | None = None) -> str | None:
+        breaker = self._by_key.get(key)
+        if breaker is None:
+            return None
+        return breaker.blocked(time.monotonic() if now is None else now)
+
+    def reconfigure(self, policy: CircuitBreakerPolicy, keys: set[str]) -> None:
+        """After a reload: new thresholds apply from now on, state is kept, removed deployments are forgotten."""
+        self.policy = policy
+        for key in list(self._by_key):
+            if key not in keys:
+                del self._by_key[key]
+            else:
+                self._by_key[key].policy = policy
+
+    def snapshot(self, key: str, now: float) -> dict[str, Any]:
+        return self.get(key).snapshot(now)
