@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway import admin, api, keep_warm
+from gateway import admin, api, keep_warm, shutdown
 from gateway.config import CONFIG_ENV_VAR, LoadedConfig, load_config, resolve_config_path
 from gateway.errors import APIError, internal_error
 from gateway.http_io import error_response, json_response, log_unexpected, request_id
@@ -35,7 +35,8 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
             reloader.start(watch=watch_config and loaded.config.server.watch_config)
         pinger = asyncio.ensure_future(keep_warm.keep_warm(app))
         try:
-            yield
+            with shutdown.draining_on_signals(app):  # /readyz says "draining" from SIGTERM on
+                yield
         finally:
             await keep_warm.stop(pinger)
             if reloader is not None:
@@ -51,6 +52,7 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
     )
     app.include_router(api.router)
     app.include_router(admin.router)
+    app.add_middleware(shutdown.FinishCutRequests)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> Response:
@@ -59,10 +61,18 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
+        """200 while this replica should get traffic; 503 when a backend it needs is down, or once it drains.
+
+        Draining starts at SIGTERM: load balancers that probe here stop sending new requests while the
+        in-flight ones finish (uvicorn stops listening moments later; see gateway/shutdown.py).
+        """
         checks = await request.app.state.runtime.readiness()
-        ready = all(check["ok"] for check in checks.values())
-        body = {"status": "ready" if ready else "not_ready", "checks": checks}
-        return json_response(body, 200 if ready else 503, headers={"x-request-id": request_id(request)})
+        if request.app.state.draining:
+            status = "draining"
+        else:
+            status = "ready" if all(check["ok"] for check in checks.values()) else "not_ready"
+        body = {"status": status, "checks": checks}
+        return json_response(body, 200 if status == "ready" else 503, headers={"x-request-id": request_id(request)})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:

@@ -143,11 +143,16 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=False,  # request logs with prompts are a leak waiting to happen; metrics cover volume
         proxy_headers=True,
         server_header=False,
+        # SIGTERM: stop listening, close idle connections, let in-flight requests finish for this long.
+        timeout_graceful_shutdown=loaded.config.server.shutdown_grace_s,
     )
     if args.workers > 1:
         os.environ[CONFIG_ENV_VAR] = os.path.abspath(path)
         uvicorn.run("gateway.app:app_from_environment", factory=True, workers=args.workers, **options)
     else:
+        from gateway.shutdown import exit_zero_after_drain
+
+        exit_zero_after_drain()  # a drained shutdown ends with status 0 (the multi-worker parent already does)
         uvicorn.run(create_app(loaded), **options)
     return 0
 
