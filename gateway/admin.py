@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.errors import APIError
-from gateway.http_io import error_response, json_response, read_json_object, request_id
+from gateway.http_io import ClientGone, error_response, json_response, read_json_object, request_id
 from gateway.runtime import Runtime
 from routing.context import RequestContext, RequestFacts
 from routing.router import UnknownModel, WrongModelMode
@@ -50,6 +50,8 @@ async def route_explain(request: Request) -> Response:
         explanation = request.app.state.runtime.router.explain(facts, context)
     except APIError as error:
         return error_response(error, headers)
+    except ClientGone:
+        return Response(status_code=499)
     except UnknownModel as exc:
         return error_response(
             APIError(404, f"Unknown model '{exc.model}'.", param="model", code="model_not_found"), headers

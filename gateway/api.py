@@ -62,6 +62,8 @@ def guarded(handler: Handler) -> Handler:
     async def run(request: Request, *args: Any, **kwargs: Any) -> Response:
         try:
             return await handler(request, *args, **kwargs)
+        except ClientGone:
+            return CLIENT_GONE  # it left while its body was still arriving
         except Exception as exc:
             log_unexpected(request, exc)
             return error_response(internal_error(), {"x-request-id": request_id(request)})

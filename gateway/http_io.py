@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -124,11 +124,14 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise _too_large(max_bytes)
     parts: list[bytes] = []
     size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > max_bytes:
-            raise _too_large(max_bytes)
-        parts.append(part)
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > max_bytes:
+                raise _too_large(max_bytes)
+            parts.append(part)
+    except ClientDisconnect:
+        raise ClientGone() from None  # nobody to answer: not an error of ours, nor of the request
     raw = b"".join(parts)
     if not raw:
         raise APIError(400, "The request body is empty: send a JSON object.", code="invalid_json")
