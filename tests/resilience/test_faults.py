@@ -558,6 +558,30 @@ def test_all_breakers_open_answers_503_with_retry_after_at_once(
     assert elapsed < 0.3
 
 
+def test_a_rate_limited_deployment_rests_and_the_next_request_gets_429_without_an_upstream_call(
+    upstreams: Upstreams, start_gateway: StartGateway
+) -> None:
+    """A 429 is not a failure: no breaker opens, but the deployment rests for its retry-after. With no
+    other deployment, the client is told to slow down (429), not that the service is down (503)."""
+    upstreams.a.script(Error(429, headers={"retry-after": "5"}))
+    models = {"gpt": {"deployments": [dep("a")]}}
+    gateway = start_gateway(gateway_config(upstreams, models, retry={"max_retry_after_s": 1}))
+
+    with pytest.raises(openai.RateLimitError) as first:
+        chat(gateway)
+    assert 1 <= int(first.value.response.headers["retry-after"]) <= 6
+
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as second:
+        chat(gateway)
+    assert time.monotonic() - started < 0.3
+    response = second.value.response
+    assert isinstance(second.value.body, dict) and second.value.body["code"] == "rate_limit_exceeded"
+    assert 1 <= int(response.headers["retry-after"]) <= 5
+    assert response.headers["x-gateway-attempts"] == "0"
+    assert upstreams.counts() == {"a": 1, "b": 0, "c": 0}  # the second was answered by the gateway alone
+
+
 # --- 18. the request's deadline --------------------------------------------------------------------------
 
 
