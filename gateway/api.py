@@ -96,7 +96,7 @@ async def chat_completions(request: Request) -> Response:
         call = ChatRequest(body=body, params=params)  # one per attempt: facts (cold start...) are per call
         return call, await deployment.adapter.chat(deployment.model, call, options)
 
-    served = await _served(request, runtime.executor.run(journey, complete), journey, headers)
+    served = await _served(request, runtime, runtime.executor.run(journey, complete), journey, headers)
     if isinstance(served, Response):
         return served
     call, completion = served.value
@@ -129,7 +129,7 @@ async def embeddings(request: Request) -> Response:
     async def embed(deployment: Deployment, options: CallOptions) -> dict[str, Any]:
         return await deployment.adapter.embed(deployment.model, call, options)
 
-    served = await _served(request, runtime.executor.run(journey, embed), journey, headers)
+    served = await _served(request, runtime, runtime.executor.run(journey, embed), journey, headers)
     if isinstance(served, Response):
         return served
     served.record.end(time.monotonic(), ok=True)
@@ -158,12 +158,21 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
 
 
 async def _served(
-    request: Request, work: Awaitable[Served[T]], journey: Journey, headers: dict[str, str]
+    request: Request,
+    runtime: Runtime,
+    work: Awaitable[Served[T]],
+    journey: Journey,
+    headers: dict[str, str],
+    discard: Callable[[T], Awaitable[None]] | None = None,
 ) -> Served[T] | Response:
     """Await the executor; on failure, the error response (with the path taken), or 499 if the client
     left. The executor has settled every failed or abandoned attempt; the caller settles the winner."""
+
+    async def unclaimed(served: Served[T]) -> None:
+        await runtime.executor.abandon(served, discard)
+
     try:
-        return await unless_client_leaves(request, work)
+        return await unless_client_leaves(request, work, discard=unclaimed)
     except Exhausted as exhausted:
         return error_response(from_provider_error(exhausted.error), {**headers, **journey.headers()})
     except ClientGone:
@@ -191,7 +200,8 @@ async def _start_stream(
     async def begin(deployment: Deployment, options: CallOptions) -> OpenStream:
         return await open_stream(deployment, ChatRequest(body=body, params=params), options)
 
-    served = await _served(request, runtime.executor.run(journey, begin, discard=discard_stream), journey, headers)
+    work = runtime.executor.run(journey, begin, discard=discard_stream)
+    served = await _served(request, runtime, work, journey, headers, discard=discard_stream)
     if isinstance(served, Response):
         return served
     limits.answering = True  # from now on, each wait is bounded per chunk, not by the first-chunk budget
@@ -246,7 +256,7 @@ def _invalid_request(exc: ValidationError, body: dict[str, Any]) -> APIError:
 
 def _start(runtime: Runtime, facts: RequestFacts, context: RequestContext, limits: RequestLimits) -> Journey:
     try:
-        return runtime.executor.start(facts, context, limits.options_for)
+        return runtime.executor.start(facts, context, limits.options_for, streaming=limits.streaming)
     except UnknownModel as exc:
         raise _model_not_found(exc.model) from None
     except WrongModelMode as exc:
@@ -329,6 +339,8 @@ class RequestLimits:
                 total = min(total, read_left)
             elif not self.answering:
                 first_token = min(first_token, read_left)
+                if read_left <= 0:
+                    total = 0.0  # the client's wait for a first chunk is over: start nothing more
             else:
                 first_token = min(first_token, self.client_read_s)
             idle = min(idle, self.client_read_s)

@@ -68,11 +68,15 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
-async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+async def unless_client_leaves(
+    request: Request, work: Awaitable[T], discard: Callable[[T], Awaitable[None]] | None = None
+) -> T:
     """Await `work`, but cancel it the moment the client disconnects (and raise ClientGone).
 
     An abandoned upstream call would otherwise run to its time limit, holding a connection and
-    capacity (and, at pay-per-token providers, money) for an answer nobody will read.
+    capacity (and, at pay-per-token providers, money) for an answer nobody will read. If this handler
+    is itself cancelled (a shutdown's grace ran out) just as `work` produced its result, `discard`
+    releases that result, which nobody will take.
     """
     task = asyncio.ensure_future(work)
 
@@ -81,14 +85,20 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
             pass
 
     watcher = asyncio.ensure_future(wait_for_disconnect())
+    interrupted = False
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        interrupted = True
+        raise
     finally:
         if not task.done():
             task.cancel()
             await asyncio.wait([task])
         watcher.cancel()
         await asyncio.wait([watcher])
+        if interrupted and discard is not None and not task.cancelled() and task.exception() is None:
+            await discard(task.result())
     if task.cancelled():
         raise ClientGone()
     return task.result()

@@ -57,12 +57,13 @@ class CallOptions:
         idle_s: float | None = None,
     ) -> CallOptions:
         loop = asyncio.get_running_loop()
-        first = min(first_token_s or total_s, total_s)
+        # `is None`, not `or`: a limit of 0 (a budget already spent) must stay 0, not become "unset".
+        first = min(total_s if first_token_s is None else first_token_s, total_s)
         return cls(
             deadline=loop.time() + total_s,
             connect_timeout_s=min(connect_s, total_s),
             first_token_timeout_s=first,
-            idle_timeout_s=min(idle_s or first, total_s),
+            idle_timeout_s=min(first if idle_s is None else idle_s, total_s),
         )
 
     def remaining_s(self) -> float:

@@ -74,9 +74,19 @@ class _Window:
         self.failures = [0] * len(self.failures)
 
 
+@dataclass(slots=True)
+class Ticket:
+    """One admitted call. A probe holds one of the half-open slots until it is settled or released; a
+    slot belongs to one half-open spell (`generation`), so a late settlement never frees a newer one."""
+
+    probe: bool
+    generation: int
+    holding: bool
+
+
 class Breaker:
-    """One deployment's breaker. Every admitted call must end in exactly one of `succeeded`, `failed`
-    or `released` (the call was abandoned and says nothing)."""
+    """One deployment's breaker. Every admitted call's ticket must be settled: `succeeded`, `failed`
+    or `release` (the call was abandoned and says nothing); settling twice is harmless for the slots."""
 
     def __init__(self, policy: CircuitBreakerPolicy) -> None:
         self.policy = policy
@@ -88,6 +98,7 @@ class Breaker:
         self.retry_at = 0.0  # open: when probing may start
         self.rate_limited_until = 0.0
         self.probes_in_flight = 0
+        self.generation = 0  # bumped on every open and close
         self.times_opened = 0
         self.open_reason = ""  # why it opened, for the router's explanation and the admin view
 
@@ -105,52 +116,76 @@ class Breaker:
             return "its circuit breaker is half-open and its probe calls are in flight"
         return None
 
-    def admit(self, now: float) -> bool:
-        """Claim the right to call; False when blocked. A probe slot is taken while half-open."""
+    def admit(self, now: float) -> Ticket | None:
+        """Claim the right to call; None when blocked. While half-open, the ticket holds a probe slot."""
         if self.blocked(now) is not None:
-            return False
+            return None
         if self.state is CircuitState.OPEN:
             self.state = CircuitState.HALF_OPEN
         if self.state is CircuitState.HALF_OPEN:
             self.probes_in_flight += 1
-        return True
+            return Ticket(probe=True, generation=self.generation, holding=True)
+        return Ticket(probe=False, generation=self.generation, holding=False)
 
-    def succeeded(self, now: float) -> None:
+    def answering(self, ticket: Ticket) -> None:
+        """A probe's stream sent its first chunk: the deployment answers again, so the breaker closes; the
+        stream's outcome is counted when it ends (`succeeded` or `failed`)."""
+        if self._holds(ticket):
+            self._close()
+        ticket.holding = False
+
+    def succeeded(self, now: float, ticket: Ticket | None = None) -> None:
         self.window.add(now, failed=False)
         self.consecutive_failures = 0
-        if self.state is CircuitState.HALF_OPEN:
-            self.probes_in_flight = max(self.probes_in_flight - 1, 0)
-            self.state = CircuitState.CLOSED
-            self.cooldown_s = self.policy.cooldown_s
-            self.window.clear()  # the old failures are history: judge the recovered deployment afresh
+        if ticket is not None and self._holds(ticket):
+            self._close()
+        if ticket is not None:
+            ticket.holding = False
 
-    def failed(self, now: float, kind: ErrorKind, retry_after_s: float | None = None) -> None:
+    def failed(
+        self, now: float, kind: ErrorKind, retry_after_s: float | None = None, ticket: Ticket | None = None
+    ) -> None:
         if kind is ErrorKind.RATE_LIMITED:
-            rest = min(retry_after_s if retry_after_s is not None else 1.0, self.policy.max_rate_limit_cooldown_s)
-            self.rate_limited_until = max(self.rate_limited_until, now + rest)
-            self._release_probe()
+            # Healthy but full: rest for as long as it asked (without a retry-after, backoff will do).
+            if retry_after_s:
+                rest = min(retry_after_s, self.policy.max_rate_limit_cooldown_s)
+                self.rate_limited_until = max(self.rate_limited_until, now + rest)
+            self.release(ticket)
             return
         if kind not in HEALTH_FAILURES:
-            self.succeeded(now)  # it answered: the request, not the deployment, was at fault
+            self.succeeded(now, ticket)  # it answered: the request, not the deployment, was at fault
             return
         self.window.add(now, failed=True)
         self.consecutive_failures += 1
-        if self.state is CircuitState.HALF_OPEN:
-            self._release_probe()
+        if ticket is not None and self._holds(ticket):
+            ticket.holding = False
             self.cooldown_s = min(self.cooldown_s * 2, self.policy.max_cooldown_s)
             self._open(now, f"a probe call failed: {kind.value}")
             return
+        if ticket is not None:
+            ticket.holding = False
         if self.state is CircuitState.CLOSED:
             reason = self._trip_reason(now, kind)
             if reason is not None:
                 self._open(now, reason)
 
-    def released(self) -> None:
-        self._release_probe()
-
-    def _release_probe(self) -> None:
-        if self.state is CircuitState.HALF_OPEN:
+    def release(self, ticket: Ticket | None) -> None:
+        """The call ended without a verdict (abandoned): free its probe slot, if it still holds one."""
+        if ticket is not None and self._holds(ticket):
             self.probes_in_flight = max(self.probes_in_flight - 1, 0)
+        if ticket is not None:
+            ticket.holding = False
+
+    def _holds(self, ticket: Ticket) -> bool:
+        return ticket.holding and ticket.generation == self.generation and self.state is CircuitState.HALF_OPEN
+
+    def _close(self) -> None:
+        self.state = CircuitState.CLOSED
+        self.consecutive_failures = 0
+        self.generation += 1
+        self.probes_in_flight = 0
+        self.cooldown_s = self.policy.cooldown_s
+        self.window.clear()  # the old failures are history: judge the recovered deployment afresh
 
     def _trip_reason(self, now: float, kind: ErrorKind) -> str | None:
         if self.consecutive_failures >= self.policy.consecutive_failures:
@@ -162,6 +197,8 @@ class Breaker:
 
     def _open(self, now: float, reason: str) -> None:
         self.state = CircuitState.OPEN
+        self.generation += 1
+        self.probes_in_flight = 0
         self.open_reason = reason
         self.opened_at = now
         self.retry_at = now + self.cooldown_s
@@ -211,8 +248,12 @@ class CircuitBreakers:
         for key in list(self._by_key):
             if key not in keys:
                 del self._by_key[key]
-            else:
-                self._by_key[key].policy = policy
+                continue
+            breaker = self._by_key[key]
+            if policy.window_s != breaker.policy.window_s:
+                breaker.window = _Window(policy.window_s)  # counts in the old window's buckets do not carry
+            breaker.cooldown_s = min(max(breaker.cooldown_s, policy.cooldown_s), policy.max_cooldown_s)
+            breaker.policy = policy
 
     def snapshot(self, key: str, now: float) -> dict[str, Any]:
         return self.get(key).snapshot(now)

@@ -30,7 +30,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from providers.base import CallOptions
 from providers.errors import ErrorKind, ProviderError
-from routing.circuits import CircuitBreakers, CircuitState
+from routing.circuits import CircuitBreakers, CircuitState, Ticket
 from routing.config import Hedge, Resilience, RetryPolicy
 from routing.context import RequestContext, RequestFacts
 from routing.retry_budget import RetryBudgets
@@ -66,10 +66,11 @@ class Journey:
     context: RequestContext
     plan: Plan
     options_for: OptionsFor
+    streaming: bool = False  # a stream's health verdict waits for its end, not its first chunk
     attempts: list[Attempt] = field(default_factory=list)
     fallback_reason: str | None = None  # why the first-ranked deployment did not serve
     timed_out: set[str] = field(default_factory=set)  # deployments not to ask again for this request
-    resting_error: ProviderError | None = None  # set when every deployment of the alias was resting
+    start_error: ProviderError | None = None  # the alias could not serve at all: start at its fallbacks
 
     def headers(self) -> dict[str, str]:
         headers = {"x-gateway-attempts": str(len(self.attempts))}
@@ -86,6 +87,7 @@ class Served(Generic[T]):
     deployment: Deployment
     record: CallRecord
     attempt: Attempt
+    ticket: Ticket  # its breaker admission: a stream settles it when it ends
 
 
 class Exhausted(Exception):
@@ -117,19 +119,29 @@ class Executor:
 
     # --- planning ------------------------------------------------------------------------------
 
-    def start(self, facts: RequestFacts, context: RequestContext, options_for: OptionsFor) -> Journey:
-        """Plan the request. Raises the router's errors, except when every deployment is only resting
-        (breakers open, rate limits): then the journey starts at the alias's fallbacks."""
+    def start(
+        self, facts: RequestFacts, context: RequestContext, options_for: OptionsFor, *, streaming: bool = False
+    ) -> Journey:
+        """Plan the request. Raises the router's errors, except when the alias cannot serve for a reason
+        its fallbacks address: every deployment resting (open breakers, rate limits), or too short a
+        context window for this prompt with a `context_window` chain configured."""
         try:
             plan = self.router.plan(facts, context)
         except NoDeploymentAvailable as exc:
-            if not exc.resting:
-                raise
-            journey = Journey(facts, context, exc.plan, options_for)
-            journey.resting_error = self._resting_error(exc.plan)
-            journey.fallback_reason = "circuit_open"
-            return journey
-        return Journey(facts, context, plan, options_for)
+            journey = Journey(facts, context, exc.plan, options_for, streaming=streaming)
+            if exc.resting:
+                journey.start_error = self._resting_error(exc.plan)
+                journey.fallback_reason = "circuit_open"
+                return journey
+            chain = self.router.models[exc.plan.alias].fallbacks.for_kind(ErrorKind.CONTEXT_WINDOW)
+            if chain and any(r.too_long for r in exc.plan.rejected) and not exc.policy:
+                journey.start_error = ProviderError(
+                    ErrorKind.CONTEXT_WINDOW, str(exc), provider="gateway", param="messages"
+                )
+                journey.fallback_reason = ErrorKind.CONTEXT_WINDOW.value
+                return journey
+            raise
+        return Journey(facts, context, plan, options_for, streaming=streaming)
 
     def _resting_error(self, plan: Plan) -> ProviderError:
         """What the client hears when every deployment is resting: come back when the first one wakes.
@@ -170,8 +182,10 @@ class Executor:
         ordered = journey.plan.deployments if candidates is None else list(candidates)
         queue: deque[tuple[Deployment, str]] = deque((d, why if i == 0 else "next") for i, d in enumerate(ordered))
         visited = {journey.plan.alias}
-        last_error = journey.resting_error
+        last_error = journey.start_error
         fallbacks = self.router.models[journey.plan.alias].fallbacks
+        if last_error is not None and last_error.kind in _OWN_CHAINS:
+            chain_kind = chain_kind or last_error.kind
         while True:
             if not queue:
                 kind = chain_kind or (last_error.kind if last_error else None)
@@ -197,13 +211,13 @@ class Executor:
                 last_error = error
                 if journey.fallback_reason is None:
                     journey.fallback_reason = error.kind.value
-                if error.kind is ErrorKind.TIMEOUT:
-                    journey.timed_out.add(deployment.key)
                 if error.kind is ErrorKind.INVALID_REQUEST and fail_fast:
                     raise Exhausted(error) from None  # another provider would say the same
-                if error.kind in (ErrorKind.CONTEXT_WINDOW, ErrorKind.CONTENT_FILTER):
-                    # Siblings serve the same model: go straight to the chain for this kind.
+                if error.kind in _OWN_CHAINS:
+                    # Siblings serve the same model: go straight to the chain for this kind, and stay on
+                    # it (a long-context alias failing otherwise must not fall back to short ones).
                     queue.clear()
+                    chain_kind = chain_kind or error.kind
 
     def _next_fallback(self, chain: list[str], visited: set[str]) -> str | None:
         return next((alias for alias in chain if alias not in visited), None)
@@ -298,7 +312,8 @@ class Executor:
         """One attempt: admitted by the breaker, recorded in the path, the stats and the budget."""
         now = time.monotonic()
         breaker = self.circuits.get(deployment.key)
-        if not breaker.admit(now):
+        ticket = breaker.admit(now)
+        if ticket is None:
             raise _Skipped()
         if why != "retry" and why != "hedge":
             self.budgets.first_attempt(deployment.key, now)
@@ -312,29 +327,36 @@ class Executor:
             if request_deadline_passed(journey, deployment, error):
                 # Cut by the client's deadline, not the deployment's limits: no verdict on its health or speed.
                 record.abandon(time.monotonic())
-                breaker.released()
+                breaker.release(ticket)
                 raise
+            if error.kind is ErrorKind.TIMEOUT:
+                journey.timed_out.add(deployment.key)  # hedges included: never ask it again for this request
             record.end(time.monotonic(), ok=False)
-            breaker.failed(time.monotonic(), error.kind, error.retry_after_s)
+            breaker.failed(time.monotonic(), error.kind, error.retry_after_s, ticket)
             raise
         except BaseException:
             attempt.outcome = "cancelled"
             record.abandon(time.monotonic())
-            breaker.released()
+            breaker.release(ticket)
             raise
         attempt.outcome = "ok"
-        breaker.succeeded(time.monotonic())
-        return Served(value, deployment, record, attempt)
+        if journey.streaming:
+            breaker.answering(ticket)  # the verdict comes when the stream ends
+        else:
+            breaker.succeeded(time.monotonic(), ticket)
+        return Served(value, deployment, record, attempt, ticket)
 
     # --- hedging ---------------------------------------------------------------------------------
 
-    def _hedge_delay(self, deployment: Deployment, hedge: Hedge) -> float | None:
+    def _hedge_delay(self, journey: Journey, deployment: Deployment, hedge: Hedge) -> float | None:
         if hedge.after_ms is not None:
             return max(hedge.after_ms, hedge.min_after_ms) / 1000.0
         stats = self.router.stats.get(deployment.key)
         if not stats.trusted:
             return None  # no p95 to go by yet: do not guess
-        p95 = stats.ttft_bound(0.95, time.monotonic())
+        now = time.monotonic()
+        # A stream is won by its first token; a plain call only by its whole answer.
+        p95 = stats.ttft_bound(0.95, now) if journey.streaming else stats.latency.quantile(0.95, now)
         return None if p95 is None else max(p95, hedge.min_after_ms / 1000.0)
 
     async def _hedged(
@@ -349,7 +371,7 @@ class Executor:
         usable: Callable[[Deployment], bool] | None,
     ) -> Served[T]:
         """Race the first call against a later-started second candidate; the first success wins."""
-        delay = self._hedge_delay(deployment, hedge)
+        delay = self._hedge_delay(journey, deployment, hedge)
         primary = asyncio.ensure_future(self._call(journey, deployment, why, begin))
         racers = [primary]
         winner: asyncio.Future[Served[T]] | None = None
@@ -396,7 +418,7 @@ class Executor:
                 cancelled = True
         for task in racers:
             if (task is not winner or cancelled) and _succeeded(task):
-                await self._settle_loser(task.result(), discard)
+                await self.abandon(task.result(), discard)
         if cancelled:
             raise asyncio.CancelledError()
 
@@ -407,9 +429,13 @@ class Executor:
         usable: Callable[[Deployment], bool] | None,
     ) -> Deployment | None:
         """The next candidate able and allowed (by breaker and retry budget) to take a hedge, taken off the queue."""
+        if len(journey.attempts) >= self._retry_policy(journey).max_attempts:
+            return None
         now = time.monotonic()
         for index, (candidate, _) in enumerate(queue):
             if candidate.key in journey.timed_out or (usable is not None and not usable(candidate)):
+                continue
+            if journey.options_for(candidate).remaining_s() <= 0.001:
                 continue
             if self.circuits.blocked(candidate.key, now) is not None:
                 continue
@@ -419,12 +445,18 @@ class Executor:
             return candidate
         return None
 
-    async def _settle_loser(self, served: Served[Any], discard: Discard[Any] | None) -> None:
-        """A racer that answered too late: mark it, settle its stats and release what it holds."""
+    async def abandon(self, served: Served[Any], discard: Discard[Any] | None) -> None:
+        """An answer nobody will take (it lost a hedge race, or its request was cancelled): mark it,
+        settle its stats and breaker admission without a verdict, and release what it holds."""
         served.attempt.outcome = "cancelled"
         served.record.abandon(time.monotonic())
+        self.circuits.get(served.deployment.key).release(served.ticket)
         if discard is not None:
             await discard(served.value)
+
+
+#: Error kinds with a fallback chain of their own (`fallbacks.context_window`, `fallbacks.content_filter`).
+_OWN_CHAINS = (ErrorKind.CONTEXT_WINDOW, ErrorKind.CONTENT_FILTER)
 
 
 def request_deadline_passed(journey: Journey, deployment: Deployment, error: ProviderError) -> bool:

@@ -29,6 +29,7 @@ class Verdict:
     reason: str
     policy: bool  # removed by the tenant's contract (403) rather than by what the request needs (400)
     resting: bool = False  # removed only for now (open breaker, rate-limit rest): a 503, not a 400
+    too_long: bool = False  # the prompt does not fit: a longer-context fallback may serve it
 
 
 def rejection(
@@ -63,6 +64,7 @@ def rejection(
                 f"needs {needed} tokens (prompt {facts.prompt_tokens} + output {output or 0}); the "
                 f"context window is {config.context_window}",
                 False,
+                too_long=True,
             )
     blocked = circuits.blocked(deployment.key)  # type: ignore[attr-defined]
     if blocked is not None:

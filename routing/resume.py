@@ -20,7 +20,7 @@ from typing import Any
 
 from providers.errors import ErrorKind, ProviderError
 from providers.schema import ChatCompletionRequest, ChatRequest, StreamChunk, Usage
-from providers.tokens import count_messages, count_text
+from providers.tokens import count_text
 from routing.executor import Executor, Exhausted, Journey, Served, request_deadline_passed
 from routing.router import Deployment
 
@@ -76,10 +76,13 @@ class ResumingStream:
         self.created = first.get("created")
         self.sent: list[str] = []  # content of choice 0 already sent
         self.sent_tool_calls = False
-        self.finished = False  # a finish_reason was sent: the answer is whole
+        self.choices = body.get("n") or 1
+        self.finished_choices: set[int] = set()  # choices whose finish_reason was sent
         self.continuations = 0
         self.segment_usage: dict[str, Any] | None = None
-        self.trim_leading_space = False
+        self.usage_sent = False
+        self.seam = ""  # whitespace the prefix ended with, which a continuation may repeat
+        self.original_error: ProviderError | None = None  # the first failure: what the client is told
         self._segment_open = True
         served.record.first_token(served.value.first_at)
         self._chunks = self._run()
@@ -94,10 +97,13 @@ class ResumingStream:
         if self._started:
             await self._chunks.aclose()  # type: ignore[attr-defined]
         elif self._segment_open:
-            self._segment_open = False
-            self.segment.record.abandon(time.monotonic())
-            self.executor.circuits.get(self.segment.deployment.key).released()
+            self._abandon_segment()
             await self.segment.value.chunks.aclose()  # type: ignore[attr-defined]
+
+    @property
+    def finished(self) -> bool:
+        """Every choice sent its finish_reason: the answer is whole."""
+        return len(self.finished_choices) >= self.choices
 
     async def _run(self) -> AsyncIterator[StreamChunk]:
         chunk: StreamChunk | None = self.segment.value.first
@@ -111,18 +117,22 @@ class ResumingStream:
                     chunk = await anext(self.segment.value.chunks)
                 except StopAsyncIteration:
                     self._end_segment(ok=True)
-                    if self.continuations:
+                    if not self.usage_sent:
                         yield self._usage_chunk()
                     return
                 except ProviderError as error:
                     self._end_segment(ok=False, error=error)
                     if self.finished:
-                        yield self._usage_chunk()  # the answer was whole; only its tail (usage) was lost
+                        # The answer was whole; only its tail (usage, [DONE]) was lost.
+                        if not self.usage_sent:
+                            yield self._usage_chunk()
                         return
+                    self.original_error = self.original_error or error
                     resumed = await self._continue(error)
                     if resumed is None:
-                        yield self._usage_chunk()
-                        raise error from None
+                        if not self.usage_sent:
+                            yield self._usage_chunk()
+                        raise self.original_error from None
                     self.segment = resumed
                     self._segment_open = True
                     self.segment_usage = None
@@ -130,8 +140,7 @@ class ResumingStream:
                     chunk = resumed.value.first
         finally:
             if self._segment_open:
-                self._segment_open = False
-                self.segment.record.abandon(time.monotonic())
+                self._abandon_segment()
             await self.segment.value.chunks.aclose()  # type: ignore[attr-defined]
 
     # --- chunks --------------------------------------------------------------------------------
@@ -146,16 +155,20 @@ class ResumingStream:
             if shown is None:
                 return None
             chunk = shown
-        for choice in chunk.data.get("choices") or ():
-            if choice.get("index", 0) != 0:
+        choices = chunk.data.get("choices") or ()
+        if usage and not choices:
+            self.usage_sent = True
+        for choice in choices:
+            index = choice.get("index", 0)
+            if choice.get("finish_reason"):
+                self.finished_choices.add(index)
+            if index != 0:
                 continue
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 self.sent.append(delta["content"])
             if delta.get("tool_calls"):
                 self.sent_tool_calls = True
-            if choice.get("finish_reason"):
-                self.finished = True
         return chunk
 
     def _as_continuation(self, data: dict[str, Any]) -> StreamChunk | None:
@@ -168,19 +181,29 @@ class ResumingStream:
             delta = dict(choice.get("delta") or {})
             delta.pop("role", None)
             content = delta.get("content")
-            if content and self.trim_leading_space:
-                stripped = content.lstrip()
-                if stripped:
-                    self.trim_leading_space = False
-                    delta["content"] = stripped
-                else:
-                    delta["content"] = ""
+            if content and self.seam:
+                delta["content"] = self._past_seam(content)
             if not delta.get("content") and not delta.get("tool_calls") and not choice.get("finish_reason"):
                 continue  # the continuation's empty opening
             rewritten.append({**choice, "delta": delta})
         if not rewritten:
             return None
         return StreamChunk({**data, "id": self.completion_id, "created": self.created, "choices": rewritten})
+
+    def _past_seam(self, content: str) -> str:
+        """Drop from the continuation's start the whitespace the client already has.
+
+        Providers reject a prefill ending in whitespace, so adapters strip it and the model writes it
+        again: "def f():\n" sent, "\n    return 1" continued. Only whitespace that repeats the seam
+        is dropped ("    return 1" stays indented); other text ends the seam.
+        """
+        kept = 0
+        while kept < len(content) and self.seam and content[kept] == self.seam[0]:
+            self.seam = self.seam[1:]
+            kept += 1
+        if kept < len(content):
+            self.seam = ""  # the continuation has moved past the seam
+        return content[kept:]
 
     def _usage_chunk(self) -> StreamChunk:
         """Usage for what the client received. After a continuation it is counted here (the upstreams
@@ -189,7 +212,7 @@ class ResumingStream:
             usage: dict[str, Any] = self.segment_usage
         else:
             counted = Usage(
-                prompt_tokens=count_messages(self.body["messages"]),
+                prompt_tokens=self.journey.facts.prompt_tokens,  # counted once per request, tools included
                 completion_tokens=count_text("".join(self.sent)),
                 estimated=True,
             )
@@ -207,22 +230,35 @@ class ResumingStream:
     # --- segments ------------------------------------------------------------------------------
 
     def _end_segment(self, *, ok: bool, error: ProviderError | None = None) -> None:
+        """Settle the segment's stats and breaker verdict, once."""
         self._segment_open = False
         now = time.monotonic()
         served = self.segment
+        breaker = self.executor.circuits.get(served.deployment.key)
         output = (self.segment_usage or {}).get("completion_tokens")
         # A stream cut by the request's own deadline says nothing about the deployment: it is not blamed.
         blamed = error is not None and not request_deadline_passed(self.journey, served.deployment, error)
-        if error is None or blamed:
-            served.record.end(now, ok=ok, output_tokens=output, cold_start=served.value.call.facts.cold_start)
+        whole = error is None or self.finished  # a lost tail after a whole answer is no health failure
+        if whole or blamed:
+            served.record.end(now, ok=whole, output_tokens=output, cold_start=served.value.call.facts.cold_start)
         else:
             served.record.abandon(now)
+        if whole:
+            breaker.succeeded(now, served.ticket)
+        elif blamed and error is not None:
+            breaker.failed(now, error.kind, error.retry_after_s, served.ticket)
+        else:
+            breaker.release(served.ticket)
         if error is not None:
             served.attempt.outcome = f"{error.kind.value} mid-stream"
-            if blamed:
-                self.executor.circuits.get(served.deployment.key).failed(now, error.kind, error.retry_after_s)
             if error.kind is ErrorKind.TIMEOUT:
                 self.journey.timed_out.add(served.deployment.key)
+
+    def _abandon_segment(self) -> None:
+        """The client left mid-segment: no verdict on the deployment, its probe slot freed."""
+        self._segment_open = False
+        self.segment.record.abandon(time.monotonic())
+        self.executor.circuits.get(self.segment.deployment.key).release(self.segment.ticket)
 
     async def _continue(self, error: ProviderError) -> Served[OpenStream] | None:
         """A new segment that picks up where the client's answer stopped, or None."""
@@ -258,7 +294,7 @@ class ResumingStream:
         except Exhausted:
             return None  # the client is told the original failure, not the continuation's
         self.continuations += 1
-        self.trim_leading_space = bool(prefix) and prefix[-1].isspace()
+        self.seam = prefix[len(prefix.rstrip()) :]
         return served
 
 

@@ -47,6 +47,7 @@ class Rejection:
     reason: str
     policy: bool
     resting: bool = False
+    too_long: bool = False
 
 
 @dataclass(slots=True)
@@ -191,7 +192,9 @@ class Router:
             if verdict is None:
                 usable.append(deployment)
             else:
-                plan.rejected.append(Rejection(deployment, verdict.reason, verdict.policy, verdict.resting))
+                plan.rejected.append(
+                    Rejection(deployment, verdict.reason, verdict.policy, verdict.resting, verdict.too_long)
+                )
         if not usable:
             raise NoDeploymentAvailable(plan)
         inputs = Inputs(alias=config, facts=facts, stats=self.stats, now=now, rng=self.rng)

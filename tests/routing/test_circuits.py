@@ -13,13 +13,15 @@ POLICY = CircuitBreakerPolicy(
 
 
 def fail(breaker: Breaker, now: float, kind: ErrorKind = ErrorKind.UNAVAILABLE) -> None:
-    assert breaker.admit(now)
-    breaker.failed(now, kind)
+    ticket = breaker.admit(now)
+    assert ticket is not None
+    breaker.failed(now, kind, ticket=ticket)
 
 
 def ok(breaker: Breaker, now: float) -> None:
-    assert breaker.admit(now)
-    breaker.succeeded(now)
+    ticket = breaker.admit(now)
+    assert ticket is not None
+    breaker.succeeded(now, ticket)
 
 
 def test_consecutive_failures_open_the_breaker_which_rejects_until_the_cooldown() -> None:
@@ -38,12 +40,16 @@ def test_half_open_lets_a_limited_number_of_probes_through_and_a_success_closes(
     breaker = Breaker(POLICY.model_copy(update={"half_open_probes": 2}))
     for second in range(3):
         fail(breaker, 100.0 + second)
-    assert breaker.admit(107.0) and breaker.state is CircuitState.HALF_OPEN
-    assert breaker.admit(107.0)
-    assert not breaker.admit(107.0), "only two probes at once"
+    first = breaker.admit(107.0)
+    assert first is not None and first.probe and breaker.state is CircuitState.HALF_OPEN
+    second = breaker.admit(107.0)
+    assert second is not None
+    assert breaker.admit(107.0) is None, "only two probes at once"
     assert "half-open" in (breaker.blocked(107.0) or "")
-    breaker.succeeded(107.5)
+    breaker.succeeded(107.5, first)
     assert breaker.state is CircuitState.CLOSED
+    breaker.release(second)  # a late settlement of the other probe frees nothing it no longer holds
+    assert breaker.probes_in_flight == 0
     assert breaker.blocked(107.5) is None
     assert breaker.consecutive_failures == 0
 
@@ -91,8 +97,7 @@ def test_old_failures_slide_out_of_the_window() -> None:
 
 def test_a_rate_limit_rests_the_deployment_for_its_retry_after_without_counting_a_failure() -> None:
     breaker = Breaker(POLICY)
-    assert breaker.admit(100.0)
-    breaker.failed(100.0, ErrorKind.RATE_LIMITED, retry_after_s=2.0)
+    breaker.failed(100.0, ErrorKind.RATE_LIMITED, retry_after_s=2.0, ticket=breaker.admit(100.0))
     assert breaker.state is CircuitState.CLOSED and breaker.consecutive_failures == 0
     assert "rate limited" in (breaker.blocked(101.0) or "")
     assert breaker.blocked(102.01) is None
@@ -111,8 +116,8 @@ def test_request_faults_say_the_deployment_is_alive() -> None:
     # And they close a half-open breaker like a success would.
     for second in range(3):
         fail(breaker, 101.0 + second)
-    assert breaker.admit(110.0)
-    breaker.failed(110.0, ErrorKind.CONTEXT_WINDOW)
+    probe = breaker.admit(110.0)
+    breaker.failed(110.0, ErrorKind.CONTEXT_WINDOW, ticket=probe)
     assert breaker.state is CircuitState.CLOSED
 
 
@@ -120,11 +125,13 @@ def test_an_abandoned_probe_frees_its_slot_without_a_verdict() -> None:
     breaker = Breaker(POLICY)
     for second in range(3):
         fail(breaker, 100.0 + second)
-    assert breaker.admit(110.0)
-    assert not breaker.admit(110.0)
-    breaker.released()
-    assert breaker.state is CircuitState.HALF_OPEN
-    assert breaker.admit(110.0)
+    probe = breaker.admit(110.0)
+    assert probe is not None
+    assert breaker.admit(110.0) is None
+    breaker.release(probe)
+    breaker.release(probe)  # settling twice frees one slot, once
+    assert breaker.state is CircuitState.HALF_OPEN and breaker.probes_in_flight == 0
+    assert breaker.admit(110.0) is not None
 
 
 def test_a_disabled_breaker_never_blocks() -> None:
@@ -172,3 +179,43 @@ def test_retry_budget_window_slides() -> None:
         budgets.first_attempt("a", 1011.0)
     assert budgets.try_spend("a", 1011.0) and budgets.try_spend("a", 1011.0)
     assert not budgets.try_spend("a", 1011.0)
+
+
+def test_a_rate_limit_without_retry_after_does_not_rest_the_deployment() -> None:
+    breaker = Breaker(POLICY)
+    breaker.failed(100.0, ErrorKind.RATE_LIMITED, retry_after_s=None, ticket=breaker.admit(100.0))
+    assert breaker.blocked(100.0) is None  # backoff paces the retry instead
+
+
+def test_a_stale_probe_cannot_free_a_slot_of_a_later_half_open_spell() -> None:
+    breaker = Breaker(POLICY.model_copy(update={"half_open_probes": 2}))
+    for second in range(3):
+        fail(breaker, 100.0 + second)
+    old_probe = breaker.admit(110.0)
+    fail(breaker, 110.0)  # another probe fails: open again, a new spell begins
+    assert breaker.state is CircuitState.OPEN and breaker.probes_in_flight == 0
+    new_probe = breaker.admit(breaker.retry_at)
+    assert new_probe is not None
+    breaker.release(old_probe)
+    assert breaker.probes_in_flight == 1, "the old ticket belongs to an earlier spell"
+
+
+def test_a_streaming_probe_closes_the_breaker_at_its_first_chunk_and_counts_at_its_end() -> None:
+    breaker = Breaker(POLICY)
+    for second in range(3):
+        fail(breaker, 100.0 + second)
+    probe = breaker.admit(110.0)
+    assert probe is not None
+    breaker.answering(probe)
+    assert breaker.state is CircuitState.CLOSED
+    breaker.failed(111.0, ErrorKind.INTERNAL, ticket=probe)  # it died mid-answer: a failure, counted once
+    assert breaker.consecutive_failures == 1 and breaker.state is CircuitState.CLOSED
+
+
+def test_reconfigure_resizes_windows_and_caps_cooldowns() -> None:
+    breakers = CircuitBreakers(POLICY)
+    breaker = breakers.get("a/m")
+    breaker.cooldown_s = 20.0
+    breakers.reconfigure(POLICY.model_copy(update={"window_s": 5.0, "max_cooldown_s": 8.0}), {"a/m"})
+    assert len(breaker.window.calls) == 5
+    assert breaker.cooldown_s == 8.0
