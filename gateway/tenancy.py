@@ -1,0 +1,154 @@
+"""Tenants: who may call the gateway, with which keys, under which policy, budgets and rate limits.
+
+Keys are configured only as SHA-256 hashes, so neither the config file nor a memory dump holds one.
+A presented key is hashed, looked up by its hash, and the stored hash compared with `hmac.compare_digest`
+(constant time). With no tenants configured, auth is off: every caller is the anonymous, unrestricted
+tenant, and the gateway says so loudly at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from routing.context import TenantPolicy
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RateLimits(_Strict):
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute (sliding window).")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens (prompt + completion) per minute.")
+
+
+class Budgets(_Strict):
+    daily_usd: float | None = Field(default=None, ge=0, description="UTC day.")
+    monthly_usd: float | None = Field(default=None, ge=0, description="UTC calendar month.")
+    soft_ratio: float = Field(default=0.8, gt=0, le=1, description="Past this share: a warning and a metric.")
+
+
+class KeyConfig(_Strict):
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the key; the key itself is never stored."
+    )
+    name: str = Field(default="default", description="Shown in usage records and limits, never the key.")
+    rate_limits: RateLimits | None = None
+
+
+class TeamConfig(_Strict):
+    budgets: Budgets | None = None
+
+
+class PolicyConfig(_Strict):
+    allowed_regions: list[str] | None = None
+    allowed_providers: list[str] | None = None
+    required_tags: list[str] = Field(default_factory=list)
+    allow_route_header: bool = False
+
+
+class TenantConfig(_Strict):
+    keys: list[KeyConfig] = Field(min_length=1)
+    allowed_models: list[str] | None = Field(default=None, description="Public model names; unset: all.")
+    policy: PolicyConfig = PolicyConfig()
+    budgets: Budgets | None = None
+    teams: dict[str, TeamConfig] = Field(default_factory=dict)
+    rate_limits: RateLimits | None = None
+    on_redis_failure: Literal["open", "closed"] = Field(
+        default="open", description="Redis unreachable: admit (open) or refuse (closed) this tenant's calls."
+    )
+
+
+class TagSettings(_Strict):
+    metric_keys: list[str] = Field(
+        default_factory=lambda: ["team", "feature"],
+        description="Tag keys allowed as metric labels (bounded cardinality); all tags reach the ledger.",
+    )
+    max_tags: int = Field(default=16, ge=0, le=64)
+
+    @field_validator("metric_keys")
+    @classmethod
+    def _names(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not key.isidentifier():
+                raise ValueError(f"tag key {key!r} must be a plain name (letters, digits, underscores)")
+        return keys
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated sender of a request."""
+
+    tenant: str | None  # None: auth is off (no tenants configured)
+    key_name: str | None
+    config: TenantConfig | None
+
+    @property
+    def policy(self) -> TenantPolicy:
+        if self.config is None:
+            return TenantPolicy()
+        policy = self.config.policy
+        return TenantPolicy(
+            allowed_regions=frozenset(policy.allowed_regions) if policy.allowed_regions is not None else None,
+            allowed_providers=frozenset(policy.allowed_providers) if policy.allowed_providers is not None else None,
+            required_tags=frozenset(policy.required_tags),
+            allow_route_header=policy.allow_route_header,
+        )
+
+    def may_use(self, model: str) -> bool:
+        allowed = self.config.allowed_models if self.config is not None else None
+        return allowed is None or model in allowed
+
+
+ANONYMOUS = Caller(tenant=None, key_name=None, config=None)
+
+
+class KeyIndex:
+    """Tenant keys by hash. Built once per config; `find` is one hash, one dict lookup, one digest compare."""
+
+    def __init__(self, tenants: dict[str, TenantConfig]) -> None:
+        self._by_hash: dict[str, tuple[str, KeyConfig, TenantConfig]] = {}
+        for name, tenant in tenants.items():
+            for key in tenant.keys:
+                self._by_hash[key.sha256] = (name, key, tenant)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._by_hash)
+
+    def find(self, presented: str) -> Caller | None:
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        entry = self._by_hash.get(digest)
+        if entry is None or not hmac.compare_digest(digest, entry[1].sha256):
+            return None
+        name, key, tenant = entry
+        return Caller(tenant=name, key_name=key.name, config=tenant)
+
+
+def presented_key(authorization: str | None, api_key_header: str | None) -> str | None:
+    """The key a client sent: `Authorization: Bearer <key>` (the OpenAI SDKs) or `api-key` (Azure-style)."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return api_key_header.strip() if api_key_header else None
+
+
+def parse_tags(header: str | None, metadata: object, limit: int) -> dict[str, str]:
+    """Tags from `x-gateway-tags: team=growth,feature=search` and the OpenAI `metadata` object; the
+    header wins on conflicts. At most `limit` tags, keys and values trimmed and bounded in length."""
+    tags: dict[str, str] = {}
+    if isinstance(metadata, dict):
+        for key, value in metadata.items():
+            if isinstance(key, str) and isinstance(value, str):
+                tags[key.strip()[:64]] = value.strip()[:128]
+    for part in (header or "").split(","):
+        key, sep, value = part.partition("=")
+        if sep and key.strip():
+            tags[key.strip()[:64]] = value.strip()[:128]
+    return dict(list(tags.items())[:limit])
