@@ -1,5 +1,5 @@
-"""Admin endpoints: route explain, config reload and deployment state (circuit breaker, retry budget,
-live stats), behind one admin key.
+"""Admin endpoints: route explain, config reload, deployment state (circuit breaker, retry budget,
+live stats) and usage reports from the ledger, behind one admin key.
 
 The key is configured by its SHA-256 (`admin.api_key_sha256`), so the config never holds it, and is
 compared in constant time. With no key configured the endpoints do not exist (404).
@@ -17,6 +17,8 @@ from starlette.responses import Response
 
 from gateway.errors import APIError
 from gateway.http_io import ClientGone, error_response, json_response, read_json_object, request_id
+from gateway.ledger.store import StoreUnavailable, parse_group_by
+from gateway.ledger.window import iso, parse_instant
 from gateway.runtime import Runtime
 from routing.context import RequestContext, RequestFacts
 from routing.router import UnknownModel, WrongModelMode
@@ -104,6 +106,56 @@ async def deployments(request: Request) -> Response:
         for d in runtime.router.all_deployments()
     ]
     return json_response({"object": "list", "data": data}, headers=headers)
+
+
+@router.get("/usage")
+async def usage(request: Request) -> Response:
+    """Usage and cost from the ledger, summed per group: `?from=&to=&group_by=tenant,team&tenant=`.
+
+    `from`/`to`: ISO dates or datetimes (UTC unless zoned), unix seconds, or durations ago (`24h`);
+    default: the last 24 hours. Records still queued or spilled by the gateway are not counted yet."""
+    headers = {"x-request-id": request_id(request)}
+    denied = _authorized(request)
+    if denied is not None:
+        return error_response(denied, headers)
+    params = request.query_params
+    now = time.time()
+    try:
+        until = _instant(params.get("to"), "to", now, end=True) if params.get("to") else now
+        since = _instant(params.get("from"), "from", now) if params.get("from") else until - 86400.0
+        if since >= until:
+            raise APIError(400, "'from' must be before 'to'.", param="from", code="invalid_value")
+        try:
+            group_by = parse_group_by(params.get("group_by"))
+        except ValueError as exc:
+            message = str(exc)
+            raise APIError(
+                400, message[:1].upper() + message[1:] + ".", param="group_by", code="invalid_value"
+            ) from None
+    except APIError as error:
+        return error_response(error, headers)
+    runtime: Runtime = request.app.state.runtime
+    try:
+        rows = await runtime.ledger.query(since, until, group_by, tenant=params.get("tenant") or None)
+    except StoreUnavailable:
+        unavailable = "The usage ledger's store is unavailable; retry later."
+        return error_response(APIError(503, unavailable, type="server_error", code="ledger_unavailable"), headers)
+    body = {
+        "object": "list",
+        "group_by": list(group_by),
+        "from": iso(since),
+        "to": iso(until),
+        "data": rows,
+        "ledger": runtime.ledger.stats(),
+    }
+    return json_response(body, headers=headers)
+
+
+def _instant(text: str | None, param: str, now: float, *, end: bool = False) -> float:
+    try:
+        return parse_instant(text or "", end=end, now=now)
+    except ValueError as exc:
+        raise APIError(400, f"'{param}': {exc}.", param=param, code="invalid_value") from None
 
 
 def facts_from_query(query: dict[str, Any]) -> tuple[RequestFacts, RequestContext]:

@@ -1,7 +1,9 @@
-"""`llm-gateway`: serve the gateway, or check a config file.
+"""`llm-gateway`: serve the gateway, check a config file, explain routing, report usage.
 
 llm-gateway serve [--config PATH] [--host H] [--port P] [--workers N]
 llm-gateway config validate PATH
+llm-gateway route explain [--config PATH] --model M [...]
+llm-gateway usage report [--config PATH] --group-by tenant,team [--since 24h] [--until T] [--format table|csv|json]
 """
 
 from __future__ import annotations
@@ -44,7 +46,21 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--json-schema", action="store_true", help="the request asks for a JSON schema")
     explain.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    usage = commands.add_parser("usage", help="usage ledger tools")
+    usage_commands = usage.add_subparsers(dest="usage_command", required=True)
+    report = usage_commands.add_parser("report", help="requests, tokens and cost from the ledger, grouped")
+    report.add_argument("--config", help=f"config file (default: ${CONFIG_ENV_VAR}, else config/gateway.yaml)")
+    report.add_argument(
+        "--group-by", required=True, help="comma-separated: tenant, team, feature, alias, provider, deployment, ..."
+    )
+    report.add_argument("--since", default="24h", help="ISO date or datetime, unix seconds, or 24h/7d ago")
+    report.add_argument("--until", help="as --since (a bare date means the end of that day); default: now")
+    report.add_argument("--tenant", help="only this tenant's requests")
+    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
     args = parser.parse_args(argv)
+    if args.command == "usage":
+        return _usage_report(args)
     if args.command == "route":
         return _route_explain(args)
     if args.command == "config":
@@ -107,6 +123,29 @@ def _route_explain(args: argparse.Namespace) -> int:
     return 0 if explanation["candidates"] else 2
 
 
+def _usage_report(args: argparse.Namespace) -> int:
+    from gateway.ledger.report import ReportError, fetch, render
+    from gateway.ledger.store import StoreUnavailable, parse_group_by
+    from gateway.ledger.window import parse_window
+
+    try:
+        group_by = parse_group_by(args.group_by)
+        since, until = parse_window(args.since, args.until)
+    except ValueError as exc:
+        print(f"llm-gateway usage report: {exc}", file=sys.stderr)
+        return 2
+    loaded = _load_or_report(str(resolve_config_path(args.config)))
+    if loaded is None:
+        return 1
+    try:
+        rows = fetch(loaded.config.ledger, since, until, group_by, tenant=args.tenant)
+    except (ReportError, StoreUnavailable) as exc:
+        print(f"llm-gateway usage report: {exc}", file=sys.stderr)
+        return 1
+    print(render(rows, group_by, since, until, args.format))
+    return 0
+
+
 def render_explanation(explanation: dict) -> str:  # type: ignore[type-arg]
     slo = f", SLO p95 TTFT {explanation['slo_ttft_p95_ms']:g} ms" if "slo_ttft_p95_ms" in explanation else ""
     lines = [
@@ -134,6 +173,10 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     print(loaded.summary(), file=sys.stderr)
+    if not loaded.config.tenants:
+        from gateway.app import AUTH_OFF_WARNING
+
+        print(f"WARNING: {AUTH_OFF_WARNING}", file=sys.stderr)
     options = dict(
         host=args.host,
         port=args.port,
