@@ -20,7 +20,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from gateway.context import request_context
+from gateway.accounting import Account, cost_header
+from gateway.costs import DEFAULT_OUTPUT_ESTIMATE, estimated_cost_usd
 from gateway.errors import APIError, from_provider_error, internal_error
 from gateway.http_io import (
     ClientGone,
@@ -33,8 +34,10 @@ from gateway.http_io import (
     sse_error_event,
     unless_client_leaves,
 )
+from gateway.limits import LimitExceeded
 from gateway.locations import data_path, format_path
 from gateway.runtime import Runtime
+from gateway.tenancy import ANONYMOUS, Caller, parse_tags, presented_key
 from providers.base import CallOptions
 from providers.errors import ProviderError
 from providers.schema import ChatCompletionRequest, ChatRequest, EmbeddingRequest, EmbedRequest
@@ -83,20 +86,30 @@ async def chat_completions(request: Request) -> Response:
     rid = request_id(request)
     headers = {"x-request-id": rid}
     try:
-        body = await read_json_object(request, runtime.config.server.max_body_bytes)
-        params = _validate(ChatCompletionRequest, body)
-        limits = RequestLimits.of(request, streaming=bool(params.stream))
-        journey = _start(runtime, RequestFacts.of_chat(params, body), request_context(request, body), limits)
+        caller = authenticate(request, runtime)
     except APIError as error:
         return error_response(error, headers)
+    account = _account(request, runtime, caller, "chat")
+    journey: Journey | None = None
+    try:
+        body = await _read_body(request, runtime, account)
+        params = _validate(ChatCompletionRequest, body)
+        account.stream = bool(params.stream)
+        _check_model_allowed(caller, params.model)
+        limits = RequestLimits.of(request, streaming=bool(params.stream))
+        facts = RequestFacts.of_chat(params, body)
+        journey = _start(runtime, facts, _context(request, caller, account), limits)
+        await _admit(runtime, account, journey, headers, choices=params.n or 1)
+    except APIError as error:
+        return await _refused(runtime, account, error, headers, journey)
     if params.stream:
-        return await _start_stream(request, runtime, journey, body, params, limits, headers)
+        return await _start_stream(request, runtime, journey, account, body, params, limits, headers)
 
     async def complete(deployment: Deployment, options: CallOptions) -> tuple[ChatRequest, dict[str, Any]]:
         call = ChatRequest(body=body, params=params)  # one per attempt: facts (cold start...) are per call
         return call, await deployment.adapter.chat(deployment.model, call, options)
 
-    served = await _served(request, runtime, runtime.executor.run(journey, complete), journey, headers)
+    served = await _served(request, runtime, runtime.executor.run(journey, complete), journey, account, headers)
     if isinstance(served, Response):
         return served
     call, completion = served.value
@@ -104,7 +117,16 @@ async def chat_completions(request: Request) -> Response:
     served.record.end(
         time.monotonic(), ok=True, output_tokens=usage.get("completion_tokens"), cold_start=call.facts.cold_start
     )
-    headers.update(_served_by(served.deployment), **journey.headers(), **call.facts.headers())
+    cost = await account.close(
+        runtime,
+        status=200,
+        deployment=served.deployment,
+        usage=usage,
+        estimated=call.facts.usage_estimated,
+        compute_s=call.facts.predict_time_s,
+        attempts=len(journey.attempts),
+    )
+    headers.update(_served_by(served.deployment), **journey.headers(), **call.facts.headers(), **cost_header(cost))
     return json_response(completion, headers=headers)
 
 
@@ -115,25 +137,40 @@ async def embeddings(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     headers = {"x-request-id": request_id(request)}
     try:
-        body = await read_json_object(request, runtime.config.server.max_body_bytes)
+        caller = authenticate(request, runtime)
+    except APIError as error:
+        return error_response(error, headers)
+    account = _account(request, runtime, caller, "embeddings")
+    journey: Journey | None = None
+    try:
+        body = await _read_body(request, runtime, account)
         params = _validate(EmbeddingRequest, body)
         if params.input == [] or params.input == "":
             raise APIError(400, "'input' must not be empty.", param="input", code="invalid_value")
+        _check_model_allowed(caller, params.model)
         facts = RequestFacts(model=params.model, mode="embeddings")
         facts.prompt_tokens = 0  # embeddings have no chat prompt; context windows are not checked here
-        journey = _start(runtime, facts, request_context(request, body), RequestLimits.of(request, streaming=False))
+        journey = _start(runtime, facts, _context(request, caller, account), RequestLimits.of(request, streaming=False))
+        await _admit(runtime, account, journey, headers)
     except APIError as error:
-        return error_response(error, headers)
+        return await _refused(runtime, account, error, headers, journey)
     call = EmbedRequest(body=body, params=params)
 
     async def embed(deployment: Deployment, options: CallOptions) -> dict[str, Any]:
         return await deployment.adapter.embed(deployment.model, call, options)
 
-    served = await _served(request, runtime, runtime.executor.run(journey, embed), journey, headers)
+    served = await _served(request, runtime, runtime.executor.run(journey, embed), journey, account, headers)
     if isinstance(served, Response):
         return served
     served.record.end(time.monotonic(), ok=True)
-    headers.update(_served_by(served.deployment), **journey.headers())
+    cost = await account.close(
+        runtime,
+        status=200,
+        deployment=served.deployment,
+        usage=served.value.get("usage"),
+        attempts=len(journey.attempts),
+    )
+    headers.update(_served_by(served.deployment), **journey.headers(), **cost_header(cost))
     return json_response(served.value, headers=headers)
 
 
@@ -162,11 +199,13 @@ async def _served(
     runtime: Runtime,
     work: Awaitable[Served[T]],
     journey: Journey,
+    account: Account,
     headers: dict[str, str],
     discard: Callable[[T], Awaitable[None]] | None = None,
 ) -> Served[T] | Response:
     """Await the executor; on failure, the error response (with the path taken), or 499 if the client
-    left. The executor has settled every failed or abandoned attempt; the caller settles the winner."""
+    left, with the request's account closed. The executor has settled every failed or abandoned
+    attempt; the caller settles the winner and closes the account."""
 
     async def unclaimed(served: Served[T]) -> None:
         await runtime.executor.abandon(served, discard)
@@ -174,9 +213,25 @@ async def _served(
     try:
         return await unless_client_leaves(request, work, discard=unclaimed)
     except Exhausted as exhausted:
-        return error_response(from_provider_error(exhausted.error), {**headers, **journey.headers()})
+        return await _refused(runtime, account, from_provider_error(exhausted.error), headers, journey)
     except ClientGone:
+        await account.close(runtime, status=499, attempts=len(journey.attempts), error_code="client_gone")
         return CLIENT_GONE
+    except BaseException:
+        await account.close(runtime, status=500, attempts=len(journey.attempts), error_code="internal_error")
+        raise
+
+
+async def _refused(
+    runtime: Runtime, account: Account | None, error: APIError, headers: dict[str, str], journey: Journey | None
+) -> Response:
+    """An error answer, recorded in the ledger once (for an authenticated caller)."""
+    if journey is not None:
+        headers = {**headers, **journey.headers()}
+    if account is not None:
+        attempts = len(journey.attempts) if journey is not None else 0
+        await account.close(runtime, status=error.status, attempts=attempts, error_code=error.code)
+    return error_response(error, headers)
 
 
 # --- streaming ---------------------------------------------------------------------------------------
@@ -186,6 +241,7 @@ async def _start_stream(
     request: Request,
     runtime: Runtime,
     journey: Journey,
+    account: Account,
     body: dict[str, Any],
     params: ChatCompletionRequest,
     limits: RequestLimits,
@@ -201,31 +257,164 @@ async def _start_stream(
         return await open_stream(deployment, ChatRequest(body=body, params=params), options)
 
     work = runtime.executor.run(journey, begin, discard=discard_stream)
-    served = await _served(request, runtime, work, journey, headers, discard=discard_stream)
+    served = await _served(request, runtime, work, journey, account, headers, discard=discard_stream)
     if isinstance(served, Response):
         return served
     limits.answering = True  # from now on, each wait is bounded per chunk, not by the first-chunk budget
     stream = ResumingStream(runtime.executor, journey, served, body)
     # What is known once the answer has started (a cold start, for one) goes out with the headers.
     headers.update(_served_by(served.deployment), **journey.headers(), **served.value.call.facts.headers())
-    events = _sse_events(request, stream, params.wants_usage_chunk)
-    return SSEResponse(events, headers, on_close=stream.aclose)
+    events = _sse_events(request, runtime, account, stream, params.wants_usage_chunk)
+
+    async def finish() -> None:
+        """However the response ends: close the upstream; a client that left is accounted for here."""
+        await stream.aclose()
+        await _close_stream_account(runtime, account, stream, status=499, error_code="client_gone")
+
+    return SSEResponse(events, headers, on_close=finish)
 
 
-async def _sse_events(request: Request, chunks: ResumingStream, wants_usage: bool) -> AsyncIterator[bytes]:
+async def _sse_events(
+    request: Request, runtime: Runtime, account: Account, chunks: ResumingStream, wants_usage: bool
+) -> AsyncIterator[bytes]:
     try:
         async for chunk in chunks:
             data = chunk.data
             # The stream always ends with a usage-only chunk; clients that did not ask for it don't get it.
             if wants_usage or data.get("choices") or not data.get("usage"):
                 yield b"data: " + (chunk.raw if chunk.raw is not None else orjson.dumps(data)) + b"\n\n"
+        cost = await _close_stream_account(runtime, account, chunks, status=200)
+        # Headers left before the cost was known: it goes out as an SSE comment, which clients ignore.
+        yield b": x-gateway-cost-usd=" + f"{cost:.6f}".encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
     except ProviderError as error:
         # Headers are gone: tell the SDK in-band, which raises it as an APIError (no silent cut).
-        yield sse_error_event(from_provider_error(error))
+        api_error = from_provider_error(error)
+        await _close_stream_account(runtime, account, chunks, status=api_error.status, error_code=api_error.code)
+        yield sse_error_event(api_error)
     except Exception as exc:
         log_unexpected(request, exc)
+        await _close_stream_account(runtime, account, chunks, status=500, error_code="internal_error")
         yield sse_error_event(internal_error())
+
+
+async def _close_stream_account(
+    runtime: Runtime, account: Account, stream: ResumingStream, *, status: int, error_code: str | None = None
+) -> float:
+    """Account a stream with what its client received (counted here when no usage came), once."""
+    usage, estimated = stream.usage_so_far()
+    served = stream.segment
+    return await account.close(
+        runtime,
+        status=status,
+        deployment=served.deployment,
+        usage=usage,
+        estimated=estimated,
+        compute_s=served.value.call.facts.predict_time_s,
+        ttft_s=stream.first_at - account.started_monotonic,
+        attempts=len(stream.journey.attempts),
+        error_code=error_code,
+    )
+
+
+# --- callers, accounts and limits --------------------------------------------------------------------
+
+
+def authenticate(request: Request, runtime: Runtime) -> Caller:
+    """The tenant whose key the request carries; 401 without a valid one (when tenants are configured)."""
+    if not runtime.keys.enabled:
+        return ANONYMOUS
+    key = presented_key(request.headers.get("authorization"), request.headers.get("api-key"))
+    if not key:
+        raise APIError(
+            401,
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+            type="invalid_request_error",
+            code="missing_api_key",
+            should_retry=False,
+        )
+    caller = runtime.keys.find(key)
+    if caller is None:
+        raise APIError(
+            401, "Incorrect API key provided.", type="invalid_request_error", code="invalid_api_key", should_retry=False
+        )
+    return caller
+
+
+def _account(request: Request, runtime: Runtime, caller: Caller, endpoint: str) -> Account:
+    """Opened as soon as the caller is known, so even a request whose body cannot be read is recorded."""
+    return Account(request_id=request_id(request), endpoint=endpoint, caller=caller, tags=_tags(request, None, runtime))
+
+
+async def _read_body(request: Request, runtime: Runtime, account: Account) -> dict[str, Any]:
+    """The JSON body; its `metadata` tags and `user` join the account. A client that leaves while the
+    body is arriving is recorded as a 499 here (ClientGone then ends the request)."""
+    try:
+        body = await read_json_object(request, runtime.config.server.max_body_bytes)
+    except ClientGone:
+        await account.close(runtime, status=499, error_code="client_gone")
+        raise
+    account.tags = _tags(request, body.get("metadata"), runtime)
+    user = body.get("user")
+    account.user = user if isinstance(user, str) else None
+    return body
+
+
+def _tags(request: Request, metadata: object, runtime: Runtime) -> dict[str, str]:
+    tags = parse_tags(request.headers.get("x-gateway-tags"), metadata, runtime.config.tags.max_tags)
+    for name in ("team", "feature"):  # the older one-tag headers
+        value = request.headers.get(f"x-gateway-{name}")
+        if value:
+            tags.setdefault(name, value.strip()[:128])
+    return tags
+
+
+def _context(request: Request, caller: Caller, account: Account) -> RequestContext:
+    return RequestContext(
+        tenant=caller.tenant,
+        team=account.team,
+        feature=account.feature,
+        policy=caller.policy,
+        route_override=request.headers.get("x-gateway-route"),
+    )
+
+
+def _check_model_allowed(caller: Caller, model: str) -> None:
+    if not caller.may_use(model):
+        raise APIError(
+            403,
+            f"Your API key is not allowed to use the model '{model}'.",
+            type="permission_error",
+            param="model",
+            code="model_not_allowed",
+            should_retry=False,
+        )
+
+
+async def _admit(
+    runtime: Runtime, account: Account, journey: Journey, headers: dict[str, str], choices: int = 1
+) -> None:
+    """Reserve the request's estimated cost and tokens against its tenant's budgets and rate limits.
+    `n` choices each produce up to the output limit, so the output estimate counts each of them."""
+    account.alias = journey.plan.alias
+    deployments = journey.plan.deployments
+    price = deployments[0].config.price if deployments else None
+    facts = journey.facts
+    output = (facts.requested_output_tokens or DEFAULT_OUTPUT_ESTIMATE) * max(choices, 1)
+    estimate = estimated_cost_usd(price, facts.prompt_tokens, output)
+    tokens = facts.prompt_tokens + output
+    try:
+        account.admission = await runtime.limits.admit(account.caller, account.team, estimate, tokens)
+    except LimitExceeded as exceeded:
+        headers.update(exceeded.headers())
+        raise APIError(
+            exceeded.status,
+            exceeded.message,
+            type="rate_limit_error" if exceeded.status == 429 else "server_error",
+            code=exceeded.code,
+            retry_after_s=exceeded.retry_after_s,
+        ) from None
+    headers.update(account.admission.headers())
 
 
 # --- helpers -----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,14 @@ from gateway.http_io import error_response, json_response, log_unexpected, reque
 from gateway.reload import ConfigReloader
 from gateway.runtime import Runtime
 
+log = logging.getLogger("llm_gateway")
+
+#: Said at start-up when no tenants are configured, so nobody ships an open gateway by accident.
+AUTH_OFF_WARNING = (
+    "AUTHENTICATION IS OFF: no tenants are configured, so every caller is served without a key, budget or "
+    "rate limit. Configure `tenants:` with hashed keys before exposing this gateway."
+)
+
 
 def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
     config_file = Path(loaded.source)
@@ -29,6 +38,9 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(loaded, started_at=int(time.time()))
         app.state.runtime = runtime
+        await runtime.ledger.start()
+        if not runtime.keys.enabled:
+            log.warning(AUTH_OFF_WARNING)
         reloader = ConfigReloader(app, config_file) if reloadable else None
         app.state.reloader = reloader
         if reloader is not None:
@@ -42,6 +54,9 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
             if reloader is not None:
                 await reloader.stop()
             await app.state.runtime.aclose()
+            # After uvicorn drained the in-flight requests: their usage records are all queued by now.
+            await app.state.runtime.ledger.aclose()
+            await app.state.runtime.limits.aclose()
 
     app = FastAPI(
         title="llm-gateway",

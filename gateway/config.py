@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from gateway.locations import PathPart, data_path, format_path
+from gateway.tenancy import TagSettings, TenantConfig
 from gateway.yaml_source import YamlDocument, YamlSyntaxError, load_yaml
 from providers.registry import ADAPTERS, ProviderConfig
 from routing.config import DEFAULT_TIMEOUTS, ModelAliasConfig, Resilience, RouteRule, Timeouts
@@ -66,10 +67,38 @@ class AdminSettings(_Strict):
     )
 
 
+class LedgerSettings(_Strict):
+    """Where one usage record per request goes: SQLite (embedded default) or PostgreSQL."""
+
+    url: SecretStr = Field(
+        default=SecretStr("sqlite:///data/ledger.sqlite3"),
+        description="sqlite:///relative/path, sqlite:////absolute/path, or postgresql://user:pass@host:5432/db.",
+    )
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Records per write.")
+    flush_interval_s: float = Field(default=1.0, gt=0, le=60, description="Longest a record waits to be written.")
+    queue_size: int = Field(default=100_000, ge=100, description="Records held in memory; beyond, they spill to disk.")
+    spill_path: str = Field(
+        default="data/ledger-spill.jsonl",
+        description="Append-only file for records the store could not take; replayed when it is back.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: SecretStr) -> SecretStr:
+        if not url.get_secret_value().startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")  # the URL may hold a password
+        return url
+
+
 class GatewayConfig(_Strict):
     server: ServerSettings = ServerSettings()
     state: StateSettings = StateSettings()
     admin: AdminSettings = AdminSettings()
+    ledger: LedgerSettings = LedgerSettings()
+    tenants: dict[str, TenantConfig] = Field(
+        default_factory=dict, description="Callers and their keys; none: auth is off (every caller is anonymous)."
+    )
+    tags: TagSettings = TagSettings()
     providers: dict[str, ProviderConfig] = Field(min_length=1)
     models: dict[str, ModelAliasConfig] = Field(min_length=1)
     routes: list[RouteRule] = Field(default_factory=list, description="First matching rule picks the alias.")

@@ -13,6 +13,9 @@ from typing import Any
 import httpx
 
 from gateway.config import GatewayConfig, LoadedConfig
+from gateway.ledger import Ledger
+from gateway.limits import Limits, build_limits
+from gateway.tenancy import KeyIndex
 from providers.base import ProviderAdapter
 from providers.http import create_http_client
 from providers.registry import ADAPTERS
@@ -32,6 +35,11 @@ class Runtime:
     router: Router
     executor: Executor
     started_at: int
+    ledger: Ledger
+    keys: KeyIndex
+    limits: Limits
+    #: The previous runtime's ledger when the ledger settings changed: handed over in `adopt_state`.
+    replaced_ledger: Ledger | None = None
 
     @property
     def config(self) -> GatewayConfig:
@@ -67,9 +75,35 @@ class Runtime:
             config.models, adapters, config.server.timeouts, routes=config.routes, stats=stats, circuits=circuits
         )
         executor = Executor(router, resilience, circuits, budgets)
+        # The ledger outlives reloads that leave its settings alone: its queue and store stay as they are.
+        replaced_ledger = None
+        if previous is not None and previous.config.ledger == config.ledger:
+            ledger = previous.ledger
+        else:
+            ledger = Ledger.from_settings(config.ledger)  # no I/O yet: a failed reload leaves nothing open
+            replaced_ledger = previous.ledger if previous is not None else None
+        keys = KeyIndex(config.tenants)
+        # Budgets and rate limits live in Redis when one is configured (shared by every replica), else in
+        # this process; a reload that keeps the URL keeps the connection pool (and, in memory, the counts).
+        redis_url = config.state.redis_url.get_secret_value() if config.state.redis_url else None
+        if previous is not None and previous.config.state.redis_url == config.state.redis_url:
+            limits = previous.limits
+        else:
+            limits = build_limits(redis_url)
         # Load the tokenizer now, not inside the first request that needs it (it takes ~1 s).
         encoding()
-        return cls(loaded=loaded, http=http, adapters=adapters, router=router, executor=executor, started_at=started_at)
+        return cls(
+            loaded=loaded,
+            http=http,
+            adapters=adapters,
+            router=router,
+            executor=executor,
+            started_at=started_at,
+            ledger=ledger,
+            keys=keys,
+            limits=limits,
+            replaced_ledger=replaced_ledger,
+        )
 
     def adopt_state(self) -> None:
         """After this runtime replaced another: apply its policies to the carried-over state and forget
@@ -79,8 +113,14 @@ class Runtime:
         self.router.stats.retain(keys)
         self.executor.circuits.reconfigure(resilience.circuit_breaker, keys)
         self.executor.budgets.reconfigure(resilience.retry_budget, keys)
+        if self.replaced_ledger is not None:
+            # New ledger settings: records go to the new ledger from now on, the old one flushes and closes.
+            self.replaced_ledger.hand_over(self.ledger)
+            self.replaced_ledger = None
 
     async def aclose(self, *, close_http: bool = True) -> None:
+        """Close the adapters and HTTP client. Not the ledger: it may be shared with the runtime that
+        replaced this one; the app's lifespan closes the last one."""
         for adapter in self.adapters.values():
             await adapter.aclose()
         if close_http:

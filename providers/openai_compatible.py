@@ -187,6 +187,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             # The upstream gave no usage (stream_usage off, or it ignores stream_options): count it
             # ourselves rather than account the call at zero.
             usage = estimate_usage(request.body["messages"], text_parts)
+            request.facts.usage_estimated = True
             head = first_chunk or {}
             chunks = ChunkFactory(head.get("id", ""), head.get("created", 0), head.get("model", model))
             yield chunks.usage(usage)

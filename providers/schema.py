@@ -302,6 +302,7 @@ class CallFacts:
     predict_time_s: float | None = None  # compute seconds billed
     queue_time_s: float | None = None  # waiting to start (cold boot or queue)
     cold_start: bool | None = None
+    usage_estimated: bool = False  # the usage was counted with tiktoken: the provider reported none
 
     def headers(self) -> dict[str, str]:
         headers = {}

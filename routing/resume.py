@@ -83,6 +83,9 @@ class ResumingStream:
         self.usage_sent = False
         self.seam = ""  # whitespace the prefix ended with, which a continuation may repeat
         self.original_error: ProviderError | None = None  # the first failure: what the client is told
+        self.last_usage: dict[str, Any] | None = None  # the usage chunk the client was sent, if any
+        self.usage_estimated = False
+        self._first_at = served.value.first_at
         self._segment_open = True
         served.record.first_token(served.value.first_at)
         self._chunks = self._run()
@@ -99,6 +102,21 @@ class ResumingStream:
         elif self._segment_open:
             self._abandon_segment()
             await self.segment.value.chunks.aclose()  # type: ignore[attr-defined]
+
+    @property
+    def first_at(self) -> float:
+        """When the client's first chunk arrived (monotonic)."""
+        return self._first_at
+
+    def usage_so_far(self) -> tuple[dict[str, Any], bool]:
+        """The usage of what the client received, and whether it was counted here (estimated): the
+        stream's own usage chunk when it sent one, else tiktoken over the text sent so far."""
+        if self.last_usage is not None:
+            return self.last_usage, self.usage_estimated
+        counted = Usage(
+            prompt_tokens=self.journey.facts.prompt_tokens, completion_tokens=count_text("".join(self.sent))
+        )
+        return counted.to_openai(), True
 
     @property
     def finished(self) -> bool:
@@ -158,6 +176,8 @@ class ResumingStream:
         choices = chunk.data.get("choices") or ()
         if usage and not choices:
             self.usage_sent = True
+            self.last_usage = usage
+            self.usage_estimated = self.segment.value.call.facts.usage_estimated
         for choice in choices:
             index = choice.get("index", 0)
             if choice.get("finish_reason"):
@@ -225,6 +245,9 @@ class ResumingStream:
             "choices": [],
             "usage": usage,
         }
+        self.usage_sent = True
+        self.last_usage = usage
+        self.usage_estimated = usage is not self.segment_usage or self.segment.value.call.facts.usage_estimated
         return StreamChunk(data)
 
     # --- segments ------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import openai
 import pytest
+from pydantic import SecretStr
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config import LedgerSettings, parse_config
 from tests.support.openapi import OpenAPISchemas, load_openapi_schemas
 from tests.support.server import ServerThread, free_port
 
@@ -57,8 +58,14 @@ def openapi() -> OpenAPISchemas:
 def serve_gateway(config_yaml: str) -> Iterator[str]:
     """A gateway for `config_yaml`, served by uvicorn on a free port; yields its base URL."""
     loaded = parse_config(config_yaml, "test-config.yaml")
-    with ServerThread(create_app(loaded)) as server:
-        yield server.url
+    with tempfile.TemporaryDirectory(prefix="llmgw-ledger-") as ledger_dir:
+        if "ledger" not in loaded.config.model_fields_set:
+            # Each test gateway keeps its own ledger, never one in the working tree.
+            loaded.config.ledger = LedgerSettings(
+                url=SecretStr(f"sqlite:///{ledger_dir}/ledger.sqlite3"), spill_path=f"{ledger_dir}/spill.jsonl"
+            )
+        with ServerThread(create_app(loaded)) as server:
+            yield server.url
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,7 @@ class BedrockAdapter(ProviderAdapter):
                 raise incomplete_stream_error()
         if builder.usage is None:  # the metadata event never came: count, rather than record zero
             usage = estimate_usage(request.body["messages"], builder.text_parts)
+            request.facts.usage_estimated = True
             yield builder.chunks.usage(usage)
 
     def _plan(self, request: ChatRequest) -> ConversePlan:

@@ -74,6 +74,7 @@ class ReplicateAdapter(ProviderAdapter):
                 self._cancel_soon(prediction)  # timed out or the client left: stop paying for it
         text = self._output_text(prediction)
         usage = self._usage(prediction, model_input["prompt"], text)
+        request.facts.usage_estimated = usage.estimated
         self._record_facts(request, prediction)
         return {
             "id": "chatcmpl-" + str(prediction.get("id", "")),
@@ -130,6 +131,7 @@ class ReplicateAdapter(ProviderAdapter):
                 self._cancel_soon(prediction)  # the client left, or the stream failed: stop the model
         text = "".join(pieces)
         usage = self._usage(prediction, model_input["prompt"], text)
+        request.facts.usage_estimated = usage.estimated
         self._record_facts(request, prediction)
         yield chunks.delta({}, finish=self._finish(usage, request.params))
         yield chunks.usage(usage)

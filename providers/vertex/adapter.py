@@ -80,6 +80,7 @@ class VertexAdapter(ProviderAdapter):
         usage = state.usage
         if usage is None:
             usage = estimate_usage(request.body["messages"], state.text_parts)
+            request.facts.usage_estimated = True
         yield state.chunks.usage(usage)
 
     def _plan(self, request: ChatRequest) -> dict[str, Any]:

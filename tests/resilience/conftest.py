@@ -129,6 +129,7 @@ class SSE:
     status: int
     headers: httpx.Headers
     events: list[Any] = field(default_factory=list)  # parsed JSON payloads, and the string "[DONE]"
+    comments: list[str] = field(default_factory=list)  # SSE comment lines (`: ...`)
     elapsed_s: float = 0.0
 
     @property
@@ -172,6 +173,9 @@ def read_sse(url: str, body: dict[str, Any], headers: dict[str, str] | None = No
         return result
     for block in raw.decode().split("\n\n"):
         if not block.strip():
+            continue
+        if block.startswith(": "):  # an SSE comment: the gateway's cost line, which clients ignore
+            result.comments.append(block[2:])
             continue
         assert block.startswith("data: ") and "\n" not in block, f"not one data line: {block!r}"
         payload = block[len("data: ") :]

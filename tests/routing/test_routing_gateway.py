@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from routing.context import RequestContext, TenantPolicy
 from tests.conftest import serve_gateway
 from tests.support.openapi import OpenAPISchemas
 
@@ -109,33 +108,38 @@ def test_when_every_deployment_is_filtered_the_error_names_each_constraint(url: 
     assert "context window is 50" in error["message"] and response.headers["x-should-retry"] == "false"
 
 
-def test_tenant_policy_filters_are_a_403_and_data_residency_is_kept(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.api
+TENANTS = f"""
+tenants:
+  acme:
+    keys: [{{sha256: {hashlib.sha256(b"acme-key").hexdigest()}}}]
+    policy: {{allowed_regions: [eu], required_tags: [hipaa]}}
+  trusted:
+    keys: [{{sha256: {hashlib.sha256(b"trusted-key").hexdigest()}}}]
+    policy: {{allow_route_header: true}}
+  plain:
+    keys: [{{sha256: {hashlib.sha256(b"plain-key").hexdigest()}}}]
+"""
 
-    def eu_hipaa_tenant(request: Any, body: Any) -> RequestContext:
-        return RequestContext(
-            tenant="acme", policy=TenantPolicy(allowed_regions=frozenset({"eu"}), required_tags=frozenset({"hipaa"}))
-        )
 
-    monkeypatch.setattr(gateway.api, "request_context", eu_hipaa_tenant)
-    allowed = chat(url, "cheap", SHORT)  # small is cheaper, but in the US and without hipaa
+def as_tenant(key: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}", **(extra or {})}
+
+
+def test_tenant_policy_filters_are_a_403_and_data_residency_is_kept(gateway_factory: Any) -> None:
+    url = gateway_factory(CONFIG + TENANTS)
+    allowed = chat(url, "cheap", SHORT, headers=as_tenant("acme-key"))  # small is cheaper, but US and no hipaa
     assert allowed.headers["x-gateway-model"] == "medium"
-    refused = chat(url, "tiny", SHORT)
+    refused = chat(url, "tiny", SHORT, headers=as_tenant("acme-key"))
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "deployment_not_allowed"
     assert "region 'unknown' is outside this tenant's regions (eu)" in refused.json()["error"]["message"]
+    assert chat(url, "tiny", SHORT, headers=as_tenant("plain-key")).status_code == 200  # no policy: served
 
 
-def test_route_header_is_honoured_only_when_the_tenant_may_use_it(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert chat(url, "cheap", SHORT, headers={"x-gateway-route": "frontier"}).headers["x-gateway-alias"] == "cheap"
-    import gateway.api
-
-    def trusted(request: Any, body: Any) -> RequestContext:
-        return RequestContext(
-            route_override=request.headers.get("x-gateway-route"), policy=TenantPolicy(allow_route_header=True)
-        )
-
-    monkeypatch.setattr(gateway.api, "request_context", trusted)
-    response = chat(url, "cheap", SHORT, headers={"x-gateway-route": "frontier"})
+def test_route_header_is_honoured_only_when_the_tenant_may_use_it(gateway_factory: Any) -> None:
+    url = gateway_factory(CONFIG + TENANTS)
+    route = {"x-gateway-route": "frontier"}
+    assert chat(url, "cheap", SHORT, headers=as_tenant("plain-key", route)).headers["x-gateway-alias"] == "cheap"
+    response = chat(url, "cheap", SHORT, headers=as_tenant("trusted-key", route))
     assert response.headers["x-gateway-alias"] == "frontier"
 
 
