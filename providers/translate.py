@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -81,3 +82,20 @@ def single_choice(n: int | None, provider: str) -> None:
     """Providers that answer once per call cannot honour `n` > 1: say so rather than return fewer choices."""
     if (n or 1) > 1:
         raise invalid(f"{provider} returns one choice per call: n must be 1.", "n")
+
+
+def trim_prefill(turns: list[dict[str, Any]], is_text: Callable[[dict[str, Any]], bool]) -> None:
+    """Providers that continue a final assistant turn (prefill) refuse one ending in whitespace: strip it.
+    A text block of nothing but whitespace goes, block and then turn, so the model answers the user turn."""
+    if not turns or turns[-1]["role"] != "assistant":
+        return
+    blocks = turns[-1]["content"]
+    if not blocks or not is_text(blocks[-1]):
+        return
+    text = blocks[-1]["text"].rstrip()
+    if text:
+        blocks[-1]["text"] = text
+        return
+    blocks.pop()
+    if not blocks:
+        turns.pop()

@@ -28,7 +28,7 @@ from providers.schema import (
     Usage,
     UserMessage,
 )
-from providers.translate import Turns, data_url, function_arguments, invalid, single_choice, text_of
+from providers.translate import Turns, data_url, function_arguments, invalid, single_choice, text_of, trim_prefill
 
 JSON_TOOL_NAME = "json_response"
 STOP_REASONS = {
@@ -82,7 +82,7 @@ def to_messages(params: ChatCompletionRequest, *, default_max_tokens: int, json_
                 "The deprecated 'function' role is not supported for Anthropic; use tools.", f"messages[{index}]"
             )
 
-    _trim_prefill(conversation.turns)
+    trim_prefill(conversation.turns, lambda block: block.get("type") == "text")
     body: dict[str, Any] = {
         "messages": conversation.turns,
         "max_tokens": params.output_token_limit or default_max_tokens,
@@ -122,24 +122,6 @@ def to_messages(params: ChatCompletionRequest, *, default_max_tokens: int, json_
     if system:
         body["system"] = "\n\n".join(system)
     return plan
-
-
-def _trim_prefill(turns: list[dict[str, Any]]) -> None:
-    """A final assistant turn is a prefill the model continues, and Anthropic refuses one whose text ends in
-    whitespace ("final assistant content cannot end with trailing whitespace"): strip it. A prefill of
-    nothing but whitespace goes, block and then turn, so the model answers the user turn instead."""
-    if not turns or turns[-1]["role"] != "assistant":
-        return
-    blocks = turns[-1]["content"]
-    if blocks[-1].get("type") != "text":
-        return
-    text = blocks[-1]["text"].rstrip()
-    if text:
-        blocks[-1]["text"] = text
-        return
-    blocks.pop()
-    if not blocks:
-        turns.pop()
 
 
 def _user_blocks(message: UserMessage, index: int) -> list[dict[str, Any]]:

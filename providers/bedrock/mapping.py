@@ -29,7 +29,7 @@ from providers.schema import (
     Usage,
     UserMessage,
 )
-from providers.translate import Turns, data_url, function_arguments, invalid, single_choice, text_of
+from providers.translate import Turns, data_url, function_arguments, invalid, single_choice, text_of, trim_prefill
 
 #: The tool that carries a JSON answer in `json_mode: tool`.
 JSON_TOOL_NAME = "json_response"
@@ -85,7 +85,7 @@ def to_converse(params: ChatCompletionRequest, json_mode: str) -> ConversePlan:
             )
 
     turns = conversation.turns
-    _trim_prefill(turns)
+    trim_prefill(turns, lambda block: "text" in block)
     body: dict[str, Any] = {"messages": turns}
     inference: dict[str, Any] = {}
     if params.output_token_limit is not None:
@@ -130,24 +130,6 @@ def to_converse(params: ChatCompletionRequest, json_mode: str) -> ConversePlan:
     if system:
         body["system"] = system
     return plan
-
-
-def _trim_prefill(turns: list[dict[str, Any]]) -> None:
-    """A final assistant turn is a prefill the model continues, and Claude on Bedrock refuses one whose text
-    ends in whitespace ("final assistant content cannot end with trailing whitespace"): strip it. A prefill
-    of nothing but whitespace goes, block and then turn (Converse also refuses blank text blocks)."""
-    if not turns or turns[-1]["role"] != "assistant":
-        return
-    blocks = turns[-1]["content"]
-    if "text" not in blocks[-1]:
-        return
-    text = blocks[-1]["text"].rstrip()
-    if text:
-        blocks[-1]["text"] = text
-        return
-    blocks.pop()
-    if not blocks:
-        turns.pop()
 
 
 def _user_blocks(message: UserMessage, index: int) -> list[dict[str, Any]]:
