@@ -9,6 +9,7 @@ so the several exits of a streamed request cannot count it twice.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from routing.router import Deployment
 
 @dataclass
 class Account:
-    request_id: str
+    request_id: str  # as the client knows it: its own x-request-id, or the one the gateway gave
     endpoint: str  # chat | embeddings
     caller: Caller
     tags: dict[str, str]
@@ -31,6 +32,9 @@ class Account:
     admission: Any = None  # gateway.limits Admission, when limits admitted the request
     alias: str | None = None
     closed: bool = False
+    #: The ledger's key: always the gateway's own, so a client reusing an x-request-id cannot make two
+    #: requests share one record (and have one of them dropped).
+    record_id: str = field(default_factory=lambda: "rec_" + uuid.uuid4().hex)
 
     @property
     def team(self) -> str | None:
@@ -61,11 +65,10 @@ class Account:
         tokens = Tokens.of(usage)
         price = deployment.config.price if deployment is not None else None
         cost = cost_usd(tokens, price, compute_s) if status < 400 or tokens.total else 0.0
-        if self.admission is not None:
-            await runtime.limits.settle(self.admission, cost, tokens.total)
         runtime.ledger.submit(
             UsageRecord(
-                request_id=self.request_id,
+                request_id=self.record_id,
+                client_request_id=self.request_id,
                 ts=self.started,
                 tenant=self.caller.tenant,
                 key_name=self.caller.key_name,
@@ -93,6 +96,9 @@ class Account:
                 error_code=error_code,
             )
         )
+        # After the record is queued: a cancellation while settling (the client left) cannot lose it.
+        if self.admission is not None:
+            await runtime.limits.settle(self.admission, cost, tokens.total)
         return cost
 
 

@@ -370,12 +370,14 @@ def _tags(request: Request, metadata: object, runtime: Runtime) -> dict[str, str
 
 
 def _context(request: Request, caller: Caller, account: Account) -> RequestContext:
+    override = request.headers.get("x-gateway-route")
     return RequestContext(
         tenant=caller.tenant,
         team=account.team,
         feature=account.feature,
         policy=caller.policy,
-        route_override=request.headers.get("x-gateway-route"),
+        # A tenant may steer only to models it may use: the header never widens `allowed_models`.
+        route_override=override if override and caller.may_use(override) else None,
     )
 
 

@@ -63,7 +63,11 @@ class ConfigReloader:
                     loaded, started_at=old.started_at, previous=old, http=old.http if same_http else None
                 )
             except Exception as exc:  # valid YAML that still cannot be built (e.g. an unusable proxy URL)
-                error = f"(config): cannot build the gateway from it: {type(exc).__name__}: {exc}"
+                # Only the type: messages about URLs (state.redis_url, ledger.url, a proxy) can quote a password.
+                error = (
+                    f"(config): cannot build the gateway from it ({type(exc).__name__}); "
+                    "check state.redis_url, ledger.url and server.http_client.proxy"
+                )
                 log.error("config reload rejected, keeping the running config: %s", error)
                 return ReloadResult(ok=False, errors=[error])
             self.app.state.runtime = new  # the swap: one assignment, seen by every request from now on

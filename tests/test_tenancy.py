@@ -47,6 +47,10 @@ tenants:
   hooli:
     keys: [{{sha256: {sha("hooli-key")}}}]
     budgets: {{daily_usd: 0.30}}
+  steerer:
+    keys: [{{sha256: {sha("steerer-key")}}}]
+    allowed_models: [chat]
+    policy: {{allow_route_header: true}}
 {extra_tenants}"""
 
 
@@ -165,6 +169,57 @@ def test_rate_limit_per_minute_gives_429_with_openai_style_headers(gateway: str)
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_requests_reusing_an_x_request_id_still_get_a_record_each(gateway: str) -> None:
+    """The ledger's key is the gateway's own: a client (or a retrying proxy) reusing an id loses nothing,
+    and one tenant cannot shadow another's records by guessing its ids."""
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+    for key in ("acme-key", "acme-key", "globex-key"):
+        headers = {"authorization": f"Bearer {key}", "x-request-id": "same-id"}
+        answer = httpx.post(gateway + "/v1/chat/completions", json=body, headers=headers)
+        assert answer.status_code == 200 and answer.headers["x-request-id"] == "same-id"
+    rows = {r["tenant"]: r["requests"] for r in usage(gateway, "tenant")}
+    assert rows == {"acme": 2, "globex": 1}
+
+
+def test_the_route_header_cannot_reach_a_model_the_tenant_may_not_use(gateway: str) -> None:
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": "Bearer steerer-key", "x-gateway-route": "other"}
+    answer = httpx.post(gateway + "/v1/chat/completions", json=body, headers=headers)
+    assert answer.status_code == 200 and answer.headers["x-gateway-alias"] == "chat"
+
+
+async def test_an_account_closed_while_its_client_leaves_still_leaves_its_record() -> None:
+    """Settling a budget awaits Redis; a cancellation there (the client left) must not lose the record."""
+    import asyncio
+
+    from gateway.accounting import Account
+    from gateway.tenancy import ANONYMOUS
+
+    class SlowLimits:
+        async def settle(self, admission: object, cost: float, tokens: int) -> None:
+            await asyncio.sleep(1)
+
+    class Ledger:
+        def __init__(self) -> None:
+            self.records: list[object] = []
+
+        def submit(self, record: object) -> None:
+            self.records.append(record)
+
+    class Runtime:
+        limits = SlowLimits()
+        ledger = Ledger()
+
+    account = Account(request_id="r1", endpoint="chat", caller=ANONYMOUS, tags={})
+    account.admission = object()
+    closing = asyncio.ensure_future(account.close(Runtime, status=200))
+    await asyncio.sleep(0.05)
+    closing.cancel()
+    await asyncio.gather(closing, return_exceptions=True)
+    assert await account.close(Runtime, status=499) == 0.0  # closed once: the second exit adds nothing
+    assert len(Runtime.ledger.records) == 1
 
 
 def test_admin_endpoints_refuse_tenant_keys(gateway: str) -> None:

@@ -42,6 +42,7 @@ class UsageRecord:
     attempts: int = 1
     status: int = 200  # HTTP status sent; 499 when the client went away
     error_code: str | None = None
+    client_request_id: str | None = None  # the x-request-id the client saw (its own, or ours); not unique
 
     def to_row(self) -> tuple[Any, ...]:
         """Column values in `COLUMNS` order; tags as JSON text, and a value of an unexpected type as

@@ -312,6 +312,8 @@ class Ledger:
             finally:
                 if not finished:
                     replay.release()  # the file stays, whole, for the next try or the next run
+            if not finished:
+                return  # shutdown began mid-replay: the rest is replayed at the next start
             await asyncio.to_thread(replay.done)
 
     @staticmethod

@@ -228,7 +228,9 @@ async def test_every_request_of_a_load_run_has_exactly_one_record_across_a_store
         settle_s = time.monotonic() - began - load_s
 
         async with await psycopg.AsyncConnection.connect(postgres_url) as connection:  # straight, not via the proxy
-            cursor = await connection.execute('SELECT "request_id", "status", "tenant", "key_name" FROM usage_records')
+            cursor = await connection.execute(
+                'SELECT "client_request_id", "status", "tenant", "key_name" FROM usage_records'
+            )
             rows = await cursor.fetchall()
     finally:
         await proxy.aclose()
@@ -360,7 +362,7 @@ def sqlite_ids(db: Path) -> list[str]:
         return []
     connection = sqlite3.connect(db.as_uri() + "?mode=ro", uri=True, timeout=10)
     try:
-        return [row[0] for row in connection.execute('SELECT "request_id" FROM "usage_records"')]
+        return [row[0] for row in connection.execute('SELECT "client_request_id" FROM "usage_records"')]
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
             return []
@@ -372,7 +374,7 @@ def sqlite_ids(db: Path) -> list[str]:
 def spilled_ids(spill: Path) -> list[str]:
     if not spill.exists():
         return []
-    return [json.loads(line)["request_id"] for line in spill.read_text().splitlines() if line.strip()]
+    return [json.loads(line)["client_request_id"] for line in spill.read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.timeout(90)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,3 +102,46 @@ def test_a_record_survives_its_json_line() -> None:
     for broken in (b"[1]", b'{"ts": 1}', b'{"request_id": "x"', b"\xff"):
         with pytest.raises(ValueError):
             UsageRecord.from_json(broken)
+
+
+async def test_shutdown_in_the_middle_of_a_replay_keeps_the_unreplayed_records_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """Shutdown stops a replay between batches: what was not stored yet must stay in the spill file."""
+
+    class SlowStore(LedgerStore):
+        def __init__(self) -> None:
+            self.rows: dict[str, UsageRecord] = {}
+
+        async def open(self) -> None:
+            return None
+
+        async def write(self, records: list[UsageRecord]) -> int:
+            await asyncio.sleep(0.2)
+            new = [r for r in records if r.request_id not in self.rows]
+            self.rows.update((r.request_id, r) for r in records)
+            return len(new)
+
+        async def query(self, *args: object, **kwargs: object) -> list[dict[str, object]]:
+            return []
+
+        async def aclose(self) -> None:
+            return None
+
+    path = tmp_path / "spill.jsonl"
+    SpillFile(str(path)).append([UsageRecord(request_id=f"r{i}", ts=1.0) for i in range(30)])
+    store = SlowStore()
+    ledger = Ledger(store, batch_size=10, spill_path=str(path))
+    await ledger.start()
+    await asyncio.sleep(0.1)  # the replay is writing its first batch of three
+    await ledger.aclose()
+    assert SpillFile(str(path)).pending(), "records not yet replayed must wait for the next start"
+
+    again = Ledger(store, batch_size=10, spill_path=str(path))
+    await again.start()
+    for _ in range(50):
+        if len(store.rows) == 30:
+            break
+        await asyncio.sleep(0.1)
+    await again.aclose()
+    assert sorted(store.rows) == sorted(f"r{i}" for i in range(30))
