@@ -76,12 +76,18 @@ class ConfigReloader:
             self.reloads += 1
             if not same_http:
                 self._spawn(self._close_later(old))
+            if new.limits is not old.limits:  # state.redis_url changed: the old pool goes once requests end
+                self._spawn(self._close_limits_later(old))
             log.info("config reloaded: %s", loaded.summary())
             return ReloadResult(ok=True, summary=loaded.summary())
 
     async def _close_later(self, old: Runtime) -> None:
         await asyncio.sleep(_OLD_CLIENT_GRACE_S)
         await old.aclose()
+
+    async def _close_limits_later(self, old: Runtime) -> None:
+        await asyncio.sleep(_OLD_CLIENT_GRACE_S)  # requests admitted by the old limits settle with them
+        await old.limits.aclose()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
