@@ -9,11 +9,11 @@ so the several exits of a streamed request cannot count it twice.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.costs import Tokens, cost_usd
+from gateway.ids import new_id
 from gateway.ledger.record import UsageRecord
 from gateway.tenancy import Caller
 from routing.router import Deployment
@@ -34,7 +34,7 @@ class Account:
     closed: bool = False
     #: The ledger's key: always the gateway's own, so a client reusing an x-request-id cannot make two
     #: requests share one record (and have one of them dropped).
-    record_id: str = field(default_factory=lambda: "rec_" + uuid.uuid4().hex)
+    record_id: str = field(default_factory=lambda: new_id("rec"))
 
     @property
     def team(self) -> str | None:

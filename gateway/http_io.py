@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import APIError
+from gateway.ids import new_id
 
 T = TypeVar("T")
 log = logging.getLogger("llm_gateway")
@@ -42,7 +42,7 @@ def request_id(request: Request) -> str:
     if given and len(given) <= 128 and given.isascii() and given.isprintable():
         rid = given
     else:
-        rid = "req_" + uuid.uuid4().hex
+        rid = new_id("req")
     request.scope["llm_gateway.request_id"] = rid
     return rid
 

@@ -58,10 +58,16 @@ class Plan:
     strategy: str
     candidates: list[Candidate] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    _deployments: list[Deployment] | None = field(default=None, repr=False)
+    _deployments_of: list[Candidate] | None = field(default=None, repr=False)
 
     @property
     def deployments(self) -> list[Deployment]:
-        return [candidate.deployment for candidate in self.candidates]
+        """The candidates' deployments, best first (computed once: the executor reads it several times)."""
+        if self._deployments is None or self._deployments_of is not self.candidates:
+            self._deployments = [candidate.deployment for candidate in self.candidates]
+            self._deployments_of = self.candidates
+        return self._deployments
 
     def explain(self) -> dict[str, Any]:
         return {
