@@ -399,6 +399,9 @@ async def _admit(
     """Reserve the request's estimated cost and tokens against its tenant's budgets and rate limits.
     `n` choices each produce up to the output limit, so the output estimate counts each of them."""
     account.alias = journey.plan.alias
+    caller = account.caller
+    if caller.config is None or not caller.limited:
+        return  # nothing to reserve against: skip the estimate (and counting the prompt's tokens)
     deployments = journey.plan.deployments
     price = deployments[0].config.price if deployments else None
     facts = journey.facts

@@ -90,8 +90,10 @@ class Runtime:
             limits = previous.limits
         else:
             limits = build_limits(redis_url)
-        # Load the tokenizer now, not inside the first request that needs it (it takes ~1 s).
-        encoding()
+        # Load the tokenizer now, not inside the first request that needs it (it takes ~1 s), but only
+        # when the config will need it: its tables cost about 80 MB of memory.
+        if needs_tokenizer(config):
+            encoding()
         return cls(
             loaded=loaded,
             http=http,
@@ -147,3 +149,19 @@ async def _check_redis(url: str) -> dict[str, Any]:
         return {"ok": False, "error": type(exc).__name__}  # never the URL: it may hold a password
     finally:
         await client.aclose()
+
+
+def needs_tokenizer(config: GatewayConfig) -> bool:
+    """Whether requests will count tokens: the mock generates with it; prompt sizes feed route rules,
+    context-window filters, cost-ranked strategies and tenant budgets. Otherwise it loads only if a
+    provider ever reports no usage (then that one request waits for it)."""
+    if any(provider.type == "mock" for provider in config.providers.values()) or config.tenants:
+        return True
+    if any(rule.when.prompt_tokens_gt is not None or rule.when.prompt_tokens_lt is not None for rule in config.routes):
+        return True
+    for alias in config.models.values():
+        if alias.strategy in ("cheapest", "latency-slo"):
+            return True
+        if any(deployment.context_window is not None for deployment in alias.deployments):
+            return True
+    return False

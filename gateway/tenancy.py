@@ -100,6 +100,16 @@ class Caller:
             allow_route_header=policy.allow_route_header,
         )
 
+    @property
+    def limited(self) -> bool:
+        """Whether any budget or rate limit applies to this caller (else admission has nothing to check)."""
+        tenant = self.config
+        if tenant is None:
+            return False
+        key_limits = any(key.rate_limits is not None for key in tenant.keys if key.name == self.key_name)
+        team_budgets = any(team.budgets is not None for team in tenant.teams.values())
+        return tenant.budgets is not None or tenant.rate_limits is not None or key_limits or team_budgets
+
     def may_use(self, model: str) -> bool:
         allowed = self.config.allowed_models if self.config is not None else None
         return allowed is None or model in allowed
