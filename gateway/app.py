@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -30,6 +31,20 @@ AUTH_OFF_WARNING = (
 )
 
 
+def tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the latency tail.
+
+    Measured at 900 req/s on one core (openai adapter, bench/ttft.py rate): p99 latency 56 ms with the
+    default collector, 5.7 ms with it off. The pauses are full collections walking every object the
+    process holds, nearly all made at start-up (modules, config, pydantic models) and never freed.
+    `gc.freeze()` moves those out of the collector's sight: p99 10 ms, p50 and memory unchanged (the
+    10,000-request leak test: RSS +3.4 MB). Making full collections ten times rarer on top of it gave
+    p99 5.3 ms but RSS +10 MB in the same test; that trade waits for the soak test to show it levels off.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
     config_file = Path(loaded.source)
     reloadable = config_file.is_file()  # a config parsed from text (tests) has no file to reload
@@ -41,6 +56,7 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
         await runtime.ledger.start()
         if not runtime.keys.enabled:
             log.warning(AUTH_OFF_WARNING)
+        tune_garbage_collector()
         reloader = ConfigReloader(app, config_file) if reloadable else None
         app.state.reloader = reloader
         if reloader is not None:
