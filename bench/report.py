@@ -45,95 +45,25 @@ def fmt(value: float | None, unit: str) -> str:
 
 def rows(data: dict) -> list[tuple[str, str, float | None, float | None, str]]:
     """(metric, unit, direct, gateway, comparison kind: ratio | diff)"""
+
+    def row(label: str, unit: str, source: str, *path: str, kind: str = "diff") -> tuple:
+        """One metric read from the same place in the direct and the gateway measurement."""
+        return (label, unit, get(data, f"{source}.direct", *path), get(data, f"{source}.gateway", *path), kind)
+
     out = []
     for connections in (32, 128):
-        out.append(
-            (
-                f"throughput, {connections} connections",
-                "req/s",
-                get(data, f"wrk{connections}.direct", "rps"),
-                get(data, f"wrk{connections}.gateway", "rps"),
-                "ratio",
-            )
-        )
-        for q in ("p50", "p99"):
-            out.append(
-                (
-                    f"  latency {q} under that load",
-                    "ms",
-                    get(data, f"wrk{connections}.direct", q),
-                    get(data, f"wrk{connections}.gateway", q),
-                    "diff",
-                )
-            )
-    for q in ("p50", "p90", "p99"):
-        out.append(
-            (
-                f"one at a time, latency {q}",
-                "ms",
-                get(data, "seq.direct", "latency_ms", q),
-                get(data, "seq.gateway", "latency_ms", q),
-                "diff",
-            )
-        )
+        source = f"wrk{connections}"
+        out.append(row(f"throughput, {connections} connections", "req/s", source, "rps", kind="ratio"))
+        out += [row(f"  latency {q} under that load", "ms", source, q) for q in ("p50", "p99")]
+    out += [row(f"one at a time, latency {q}", "ms", "seq", "latency_ms", q) for q in ("p50", "p90", "p99")]
     target = get(data, "rate.gateway", "rate", "target_rps")
-    for q in ("p50", "p90", "p99"):
-        out.append(
-            (
-                f"fixed rate {target or 0:.0f} req/s, latency {q}",
-                "ms",
-                get(data, "rate.direct", "latency_ms", q),
-                get(data, "rate.gateway", "latency_ms", q),
-                "diff",
-            )
-        )
-    for q in ("p50", "p99"):
-        out.append(
-            (
-                f"streaming, time to first token {q}",
-                "ms",
-                get(data, "stream.direct", "ttft_ms", q),
-                get(data, "stream.gateway", "ttft_ms", q),
-                "diff",
-            )
-        )
-    for q in ("p50", "p99"):
-        out.append(
-            (
-                f"streaming, total time {q}",
-                "ms",
-                get(data, "stream.direct", "total_ms", q),
-                get(data, "stream.gateway", "total_ms", q),
-                "diff",
-            )
-        )
-    out.append(
-        (
-            "RSS after start + 1 request",
-            "MiB",
-            get(data, "rss.direct", "idle_mib"),
-            get(data, "rss.gateway", "idle_mib"),
-            "diff",
-        )
-    )
-    out.append(
-        (
-            "RSS after the run",
-            "MiB",
-            get(data, "rss.direct", "after_mib"),
-            get(data, "rss.gateway", "after_mib"),
-            "diff",
-        )
-    )
-    out.append(
-        (
-            "start-up: spawn to first 200",
-            "ms",
-            get(data, "startup.direct", "startup_ms"),
-            get(data, "startup.gateway", "startup_ms"),
-            "diff",
-        )
-    )
+    label = f"fixed rate {target or 0:.0f} req/s, latency"
+    out += [row(f"{label} {q}", "ms", "rate", "latency_ms", q) for q in ("p50", "p90", "p99")]
+    out += [row(f"streaming, time to first token {q}", "ms", "stream", "ttft_ms", q) for q in ("p50", "p99")]
+    out += [row(f"streaming, total time {q}", "ms", "stream", "total_ms", q) for q in ("p50", "p99")]
+    out.append(row("RSS after start + 1 request", "MiB", "rss", "idle_mib"))
+    out.append(row("RSS after the run", "MiB", "rss", "after_mib"))
+    out.append(row("start-up: spawn to first 200", "ms", "startup", "startup_ms"))
     return out
 
 

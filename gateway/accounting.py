@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.costs import Tokens, cost_usd
+from gateway.costs import cost_usd
 from gateway.ids import new_id
 from gateway.ledger.record import UsageRecord
 from gateway.tenancy import Caller
+from providers.schema import Usage
 from routing.router import Deployment
 
 
@@ -62,9 +63,9 @@ class Account:
         if self.closed:
             return 0.0
         self.closed = True
-        tokens = Tokens.of(usage)
+        tokens = Usage.from_openai(usage) or Usage()
         price = deployment.config.price if deployment is not None else None
-        cost = cost_usd(tokens, price, compute_s) if status < 400 or tokens.total else 0.0
+        cost = cost_usd(tokens, price, compute_s) if status < 400 or tokens.total_tokens else 0.0
         runtime.ledger.submit(
             UsageRecord(
                 request_id=self.record_id,
@@ -82,10 +83,10 @@ class Account:
                 deployment=deployment.key if deployment is not None else None,
                 model=deployment.model if deployment is not None else None,
                 stream=self.stream,
-                prompt_tokens=tokens.prompt,
-                completion_tokens=tokens.completion,
-                cached_tokens=tokens.cached,
-                reasoning_tokens=tokens.reasoning,
+                prompt_tokens=tokens.prompt_tokens,
+                completion_tokens=tokens.completion_tokens,
+                cached_tokens=tokens.cached_tokens,
+                reasoning_tokens=tokens.reasoning_tokens,
                 cost_usd=cost,
                 estimated=estimated,
                 latency_ms=(time.monotonic() - self.started_monotonic) * 1000.0,
@@ -98,9 +99,13 @@ class Account:
         )
         # After the record is queued: a cancellation while settling (the client left) cannot lose it.
         if self.admission is not None:
-            await runtime.limits.settle(self.admission, cost, tokens.total)
+            await runtime.limits.settle(self.admission, cost, tokens.total_tokens)
         return cost
 
 
+def format_cost(cost: float) -> str:
+    return f"{cost:.6f}"
+
+
 def cost_header(cost: float) -> dict[str, str]:
-    return {"x-gateway-cost-usd": f"{cost:.6f}"}
+    return {"x-gateway-cost-usd": format_cost(cost)}

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
-from gateway.accounting import Account, cost_header
+from gateway.accounting import Account, cost_header, format_cost
 from gateway.costs import DEFAULT_OUTPUT_ESTIMATE, estimated_cost_usd
 from gateway.errors import APIError, from_provider_error, internal_error
 from gateway.http_io import (
@@ -285,7 +285,7 @@ async def _sse_events(
                 yield b"data: " + (chunk.raw if chunk.raw is not None else orjson.dumps(data)) + b"\n\n"
         cost = await _close_stream_account(runtime, account, chunks, status=200)
         # Headers left before the cost was known: it goes out as an SSE comment, which clients ignore.
-        yield b": x-gateway-cost-usd=" + f"{cost:.6f}".encode() + b"\n\n"
+        yield b": x-gateway-cost-usd=" + format_cost(cost).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
     except ProviderError as error:
         # Headers are gone: tell the SDK in-band, which raises it as an APIError (no silent cut).
@@ -354,7 +354,8 @@ async def _read_body(request: Request, runtime: Runtime, account: Account) -> di
     except ClientGone:
         await account.close(runtime, status=499, error_code="client_gone")
         raise
-    account.tags = _tags(request, body.get("metadata"), runtime)
+    if isinstance(body.get("metadata"), dict):  # else the header tags already taken stand as they are
+        account.tags = _tags(request, body["metadata"], runtime)
     user = body.get("user")
     account.user = user if isinstance(user, str) else None
     return body
@@ -400,7 +401,7 @@ async def _admit(
     `n` choices each produce up to the output limit, so the output estimate counts each of them."""
     account.alias = journey.plan.alias
     caller = account.caller
-    if caller.config is None or not caller.limited:
+    if not caller.limited:
         return  # nothing to reserve against: skip the estimate (and counting the prompt's tokens)
     deployments = journey.plan.deployments
     price = deployments[0].config.price if deployments else None

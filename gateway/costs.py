@@ -8,49 +8,22 @@ billed as output. Amounts are rounded to micro-dollars, the unit budgets are kep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from providers.schema import Usage
 from routing.config import Price
 
 _PER_MTOK = 1_000_000.0
 DEFAULT_OUTPUT_ESTIMATE = 256  # output tokens assumed at admission when the request sets no limit
 
 
-@dataclass(frozen=True, slots=True)
-class Tokens:
-    prompt: int = 0
-    completion: int = 0
-    cached: int = 0
-    reasoning: int = 0
-
-    @classmethod
-    def of(cls, usage: dict[str, object] | None) -> Tokens:
-        """From an OpenAI `usage` object (missing fields count as zero)."""
-        if not usage:
-            return cls()
-        prompt_details = usage.get("prompt_tokens_details") or {}
-        completion_details = usage.get("completion_tokens_details") or {}
-        return cls(
-            prompt=_int(usage.get("prompt_tokens")),
-            completion=_int(usage.get("completion_tokens")),
-            cached=_int(prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0),
-            reasoning=_int(completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else 0),
-        )
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
-
-
-def cost_usd(tokens: Tokens, price: Price | None, compute_s: float | None = None) -> float:
+def cost_usd(usage: Usage, price: Price | None, compute_s: float | None = None) -> float:
     if price is None:
         return 0.0
-    cached = min(tokens.cached, tokens.prompt)
+    cached = min(usage.cached_tokens, usage.prompt_tokens)
     cached_rate = price.input_per_mtok if price.cached_input_per_mtok is None else price.cached_input_per_mtok
     total = (
-        (tokens.prompt - cached) * price.input_per_mtok
+        (usage.prompt_tokens - cached) * price.input_per_mtok
         + cached * cached_rate
-        + tokens.completion * price.output_per_mtok
+        + usage.completion_tokens * price.output_per_mtok
     ) / _PER_MTOK
     if price.per_second is not None and compute_s is not None:
         total += compute_s * price.per_second
@@ -59,9 +32,5 @@ def cost_usd(tokens: Tokens, price: Price | None, compute_s: float | None = None
 
 def estimated_cost_usd(price: Price | None, prompt_tokens: int, output_tokens: int | None) -> float:
     """The cost admission reserves against a budget, before the answer exists."""
-    expected = Tokens(prompt=prompt_tokens, completion=output_tokens or DEFAULT_OUTPUT_ESTIMATE)
+    expected = Usage(prompt_tokens=prompt_tokens, completion_tokens=output_tokens or DEFAULT_OUTPUT_ESTIMATE)
     return cost_usd(expected, price)
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

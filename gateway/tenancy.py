@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -82,37 +82,42 @@ class TagSettings(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """The authenticated sender of a request."""
+    """The authenticated sender of a request. Built once per key (see `KeyIndex`), so what is derived from
+    the tenant's config (its routing policy, whether any limit applies) is worked out once, not per request."""
 
     tenant: str | None  # None: auth is off (no tenants configured)
     key_name: str | None
     config: TenantConfig | None
+    policy: TenantPolicy = field(init=False)
+    limited: bool = field(init=False)  # any budget or rate limit applies (else admission checks nothing)
 
-    @property
-    def policy(self) -> TenantPolicy:
-        if self.config is None:
-            return TenantPolicy()
-        policy = self.config.policy
-        return TenantPolicy(
-            allowed_regions=frozenset(policy.allowed_regions) if policy.allowed_regions is not None else None,
-            allowed_providers=frozenset(policy.allowed_providers) if policy.allowed_providers is not None else None,
-            required_tags=frozenset(policy.required_tags),
-            allow_route_header=policy.allow_route_header,
-        )
-
-    @property
-    def limited(self) -> bool:
-        """Whether any budget or rate limit applies to this caller (else admission has nothing to check)."""
-        tenant = self.config
-        if tenant is None:
-            return False
-        key_limits = any(key.rate_limits is not None for key in tenant.keys if key.name == self.key_name)
-        team_budgets = any(team.budgets is not None for team in tenant.teams.values())
-        return tenant.budgets is not None or tenant.rate_limits is not None or key_limits or team_budgets
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", _policy(self.config))
+        object.__setattr__(self, "limited", _limited(self.config, self.key_name))
 
     def may_use(self, model: str) -> bool:
         allowed = self.config.allowed_models if self.config is not None else None
         return allowed is None or model in allowed
+
+
+def _policy(tenant: TenantConfig | None) -> TenantPolicy:
+    if tenant is None:
+        return TenantPolicy()
+    policy = tenant.policy
+    return TenantPolicy(
+        allowed_regions=frozenset(policy.allowed_regions) if policy.allowed_regions is not None else None,
+        allowed_providers=frozenset(policy.allowed_providers) if policy.allowed_providers is not None else None,
+        required_tags=frozenset(policy.required_tags),
+        allow_route_header=policy.allow_route_header,
+    )
+
+
+def _limited(tenant: TenantConfig | None, key_name: str | None) -> bool:
+    if tenant is None:
+        return False
+    key_limits = any(key.rate_limits is not None for key in tenant.keys if key.name == key_name)
+    team_budgets = any(team.budgets is not None for team in tenant.teams.values())
+    return tenant.budgets is not None or tenant.rate_limits is not None or key_limits or team_budgets
 
 
 ANONYMOUS = Caller(tenant=None, key_name=None, config=None)
@@ -122,10 +127,10 @@ class KeyIndex:
     """Tenant keys by hash. Built once per config; `find` is one hash, one dict lookup, one digest compare."""
 
     def __init__(self, tenants: dict[str, TenantConfig]) -> None:
-        self._by_hash: dict[str, tuple[str, KeyConfig, TenantConfig]] = {}
+        self._by_hash: dict[str, tuple[str, Caller]] = {}
         for name, tenant in tenants.items():
             for key in tenant.keys:
-                self._by_hash[key.sha256] = (name, key, tenant)
+                self._by_hash[key.sha256] = (key.sha256, Caller(tenant=name, key_name=key.name, config=tenant))
 
     @property
     def enabled(self) -> bool:
@@ -133,11 +138,10 @@ class KeyIndex:
 
     def find(self, presented: str) -> Caller | None:
         digest = hashlib.sha256(presented.encode()).hexdigest()
-        entry = self._by_hash.get(digest)
-        if entry is None or not hmac.compare_digest(digest, entry[1].sha256):
+        entry = self._by_hash.get(digest)  # keyed by a hash of the secret: its timing says nothing of any key
+        if entry is None or not hmac.compare_digest(digest, entry[0]):
             return None
-        name, key, tenant = entry
-        return Caller(tenant=name, key_name=key.name, config=tenant)
+        return entry[1]
 
 
 def presented_key(authorization: str | None, api_key_header: str | None) -> str | None:

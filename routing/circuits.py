@@ -16,62 +16,30 @@ by the router on every request, so `blocked` is O(1) and never allocates.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from providers.errors import ErrorKind
 from routing.config import CircuitBreakerPolicy
+from routing.windows import SlidingPair
 
 #: Failures that say the deployment is unwell. The request's own faults (invalid_request,
 #: context_window, content_filter) say it is alive and answering.
 HEALTH_FAILURES = frozenset(
     {ErrorKind.UNAVAILABLE, ErrorKind.INTERNAL, ErrorKind.TIMEOUT, ErrorKind.AUTH, ErrorKind.NOT_FOUND}
 )
-_BUCKET_S = 1.0
+
+
+def _window(span_s: float) -> SlidingPair:
+    """Calls (first) and failures (second) in one-second buckets."""
+    return SlidingPair(span_s, int(span_s))
 
 
 class CircuitState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-@dataclass
-class _Window:
-    """Calls and failures per one-second bucket over the last `span_s` seconds (a ring of counters)."""
-
-    span_s: float
-    calls: list[int] = field(default_factory=list)
-    failures: list[int] = field(default_factory=list)
-    _head: int = -1  # the bucket number (time // 1 s) of the newest slot
-
-    def __post_init__(self) -> None:
-        size = max(int(self.span_s / _BUCKET_S), 1)
-        self.calls, self.failures = [0] * size, [0] * size
-
-    def _advance(self, now: float) -> int:
-        bucket = int(now // _BUCKET_S)
-        size = len(self.calls)
-        if bucket != self._head:
-            for step in range(1, min(bucket - self._head, size) + 1):
-                slot = (self._head + step) % size
-                self.calls[slot] = self.failures[slot] = 0
-            self._head = bucket
-        return bucket % size
-
-    def add(self, now: float, failed: bool) -> None:
-        slot = self._advance(now)
-        self.calls[slot] += 1
-        self.failures[slot] += int(failed)
-
-    def totals(self, now: float) -> tuple[int, int]:
-        self._advance(now)
-        return sum(self.calls), sum(self.failures)
-
-    def clear(self) -> None:
-        self.calls = [0] * len(self.calls)
-        self.failures = [0] * len(self.failures)
 
 
 @dataclass(slots=True)
@@ -92,9 +60,8 @@ class Breaker:
         self.policy = policy
         self.state = CircuitState.CLOSED
         self.consecutive_failures = 0
-        self.window = _Window(policy.window_s)
+        self.window = _window(policy.window_s)
         self.cooldown_s = policy.cooldown_s
-        self.opened_at: float | None = None
         self.retry_at = 0.0  # open: when probing may start
         self.rate_limited_until = 0.0
         self.probes_in_flight = 0
@@ -135,7 +102,7 @@ class Breaker:
         ticket.holding = False
 
     def succeeded(self, now: float, ticket: Ticket | None = None) -> None:
-        self.window.add(now, failed=False)
+        self.window.add(now, first=1)
         self.consecutive_failures = 0
         if ticket is not None and self._holds(ticket):
             self._close()
@@ -155,7 +122,7 @@ class Breaker:
         if kind not in HEALTH_FAILURES:
             self.succeeded(now, ticket)  # it answered: the request, not the deployment, was at fault
             return
-        self.window.add(now, failed=True)
+        self.window.add(now, first=1, second=1)
         self.consecutive_failures += 1
         if ticket is not None and self._holds(ticket):
             ticket.holding = False
@@ -200,7 +167,6 @@ class Breaker:
         self.generation += 1
         self.probes_in_flight = 0
         self.open_reason = reason
-        self.opened_at = now
         self.retry_at = now + self.cooldown_s
         self.times_opened += 1
 
@@ -251,7 +217,7 @@ class CircuitBreakers:
                 continue
             breaker = self._by_key[key]
             if policy.window_s != breaker.policy.window_s:
-                breaker.window = _Window(policy.window_s)  # counts in the old window's buckets do not carry
+                breaker.window = _window(policy.window_s)  # counts in the old window's buckets do not carry
             breaker.cooldown_s = min(max(breaker.cooldown_s, policy.cooldown_s), policy.max_cooldown_s)
             breaker.policy = policy
 

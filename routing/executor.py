@@ -196,7 +196,7 @@ class Executor:
                 queue.extend(self._fallback_candidates(journey, next_alias, last_error))
                 continue
             deployment, reason = queue.popleft()
-            if deployment.key in journey.timed_out or (usable is not None and not usable(deployment)):
+            if _ruled_out(journey, deployment, usable):
                 continue
             if len(journey.attempts) >= self._retry_policy(journey).max_attempts:
                 raise Exhausted(last_error or self._nothing_left(journey))
@@ -433,7 +433,7 @@ class Executor:
             return None
         now = time.monotonic()
         for index, (candidate, _) in enumerate(queue):
-            if candidate.key in journey.timed_out or (usable is not None and not usable(candidate)):
+            if _ruled_out(journey, candidate, usable):
                 continue
             if journey.options_for(candidate).remaining_s() <= 0.001:
                 continue
@@ -463,6 +463,11 @@ def request_deadline_passed(journey: Journey, deployment: Deployment, error: Pro
     """A timeout that the request's own deadline (`x-gateway-timeout-ms`, a client read timeout) explains:
     the limits computed now leave nothing, so the deadline that fired was the request's, not the deployment's."""
     return error.kind is ErrorKind.TIMEOUT and journey.options_for(deployment).remaining_s() <= 0.01
+
+
+def _ruled_out(journey: Journey, deployment: Deployment, usable: Callable[[Deployment], bool] | None) -> bool:
+    """Not to be asked for this request: it timed out on it already, or cannot do what this call needs."""
+    return deployment.key in journey.timed_out or (usable is not None and not usable(deployment))
 
 
 def _deadline_passed() -> ProviderError:

@@ -80,12 +80,11 @@ class ResumingStream:
         self.finished_choices: set[int] = set()  # choices whose finish_reason was sent
         self.continuations = 0
         self.segment_usage: dict[str, Any] | None = None
-        self.usage_sent = False
         self.seam = ""  # whitespace the prefix ended with, which a continuation may repeat
         self.original_error: ProviderError | None = None  # the first failure: what the client is told
         self.last_usage: dict[str, Any] | None = None  # the usage chunk the client was sent, if any
         self.usage_estimated = False
-        self._first_at = served.value.first_at
+        self.first_at = served.value.first_at  # when the client's first chunk arrived (monotonic)
         self._segment_open = True
         served.record.first_token(served.value.first_at)
         self._chunks = self._run()
@@ -103,20 +102,20 @@ class ResumingStream:
             self._abandon_segment()
             await self.segment.value.chunks.aclose()  # type: ignore[attr-defined]
 
-    @property
-    def first_at(self) -> float:
-        """When the client's first chunk arrived (monotonic)."""
-        return self._first_at
-
     def usage_so_far(self) -> tuple[dict[str, Any], bool]:
         """The usage of what the client received, and whether it was counted here (estimated): the
         stream's own usage chunk when it sent one, else tiktoken over the text sent so far."""
         if self.last_usage is not None:
             return self.last_usage, self.usage_estimated
+        return self._counted_usage(), True
+
+    def _counted_usage(self) -> dict[str, Any]:
+        """Tiktoken's count of what the client received: the prompt (counted once per request, tools
+        included) and the text sent so far."""
         counted = Usage(
             prompt_tokens=self.journey.facts.prompt_tokens, completion_tokens=count_text("".join(self.sent))
         )
-        return counted.to_openai(), True
+        return counted.to_openai()
 
     @property
     def finished(self) -> bool:
@@ -135,20 +134,20 @@ class ResumingStream:
                     chunk = await anext(self.segment.value.chunks)
                 except StopAsyncIteration:
                     self._end_segment(ok=True)
-                    if not self.usage_sent:
+                    if self.last_usage is None:
                         yield self._usage_chunk()
                     return
                 except ProviderError as error:
                     self._end_segment(ok=False, error=error)
                     if self.finished:
                         # The answer was whole; only its tail (usage, [DONE]) was lost.
-                        if not self.usage_sent:
+                        if self.last_usage is None:
                             yield self._usage_chunk()
                         return
                     self.original_error = self.original_error or error
                     resumed = await self._continue(error)
                     if resumed is None:
-                        if not self.usage_sent:
+                        if self.last_usage is None:
                             yield self._usage_chunk()
                         raise self.original_error from None
                     self.segment = resumed
@@ -175,7 +174,6 @@ class ResumingStream:
             chunk = shown
         choices = chunk.data.get("choices") or ()
         if usage and not choices:
-            self.usage_sent = True
             self.last_usage = usage
             self.usage_estimated = self.segment.value.call.facts.usage_estimated
         for choice in choices:
@@ -231,12 +229,7 @@ class ResumingStream:
         if self.segment_usage is not None and not self.continuations:
             usage: dict[str, Any] = self.segment_usage
         else:
-            counted = Usage(
-                prompt_tokens=self.journey.facts.prompt_tokens,  # counted once per request, tools included
-                completion_tokens=count_text("".join(self.sent)),
-                estimated=True,
-            )
-            usage = counted.to_openai()
+            usage = self._counted_usage()
         data = {
             "id": self.completion_id,
             "object": "chat.completion.chunk",
@@ -245,7 +238,6 @@ class ResumingStream:
             "choices": [],
             "usage": usage,
         }
-        self.usage_sent = True
         self.last_usage = usage
         self.usage_estimated = usage is not self.segment_usage or self.segment.value.call.facts.usage_estimated
         return StreamChunk(data)
@@ -286,7 +278,7 @@ class ResumingStream:
     async def _continue(self, error: ProviderError) -> Served[OpenStream] | None:
         """A new segment that picks up where the client's answer stopped, or None."""
         allowed = self.executor.resilience.stream_continuations  # an upstream dying again and again is not chased
-        if self.sent_tool_calls or self.continuations >= allowed or (self.body.get("n") or 1) > 1:
+        if self.sent_tool_calls or self.continuations >= allowed or self.choices > 1:
             return None
         prefix = "".join(self.sent)
         body = _continuation_body(self.body, prefix)

@@ -9,52 +9,28 @@ on to the next candidate instead of retrying.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from routing.config import RetryBudget
+from routing.windows import SlidingPair
 
 _BUCKETS = 10
-
-
-@dataclass
-class _Counts:
-    """First attempts and extra (retry, hedge) attempts in a ring of `_BUCKETS` time buckets."""
-
-    bucket_s: float
-    firsts: list[int] = field(default_factory=lambda: [0] * _BUCKETS)
-    extras: list[int] = field(default_factory=lambda: [0] * _BUCKETS)
-    _head: int = -1
-
-    def slot(self, now: float) -> int:
-        bucket = int(now // self.bucket_s)
-        if bucket != self._head:
-            for step in range(1, min(bucket - self._head, _BUCKETS) + 1):
-                slot = (self._head + step) % _BUCKETS
-                self.firsts[slot] = self.extras[slot] = 0
-            self._head = bucket
-        return bucket % _BUCKETS
-
-    def totals(self, now: float) -> tuple[int, int]:
-        self.slot(now)
-        return sum(self.firsts), sum(self.extras)
 
 
 class RetryBudgets:
     def __init__(self, policy: RetryBudget | None = None) -> None:
         self.policy = policy or RetryBudget()
-        self._by_key: dict[str, _Counts] = {}
+        self._by_key: dict[str, SlidingPair] = {}  # first attempts (first), retries and hedges (second)
         self.denied = 0  # retries refused by a budget, for the admin view and metrics
 
-    def _counts(self, key: str) -> _Counts:
+    def _counts(self, key: str) -> SlidingPair:
         counts = self._by_key.get(key)
         if counts is None:
-            counts = self._by_key[key] = _Counts(self.policy.window_s / _BUCKETS)
+            counts = self._by_key[key] = SlidingPair(self.policy.window_s, _BUCKETS)
         return counts
 
     def first_attempt(self, key: str, now: float) -> None:
-        counts = self._counts(key)
-        counts.firsts[counts.slot(now)] += 1
+        self._counts(key).add(now, first=1)
 
     def try_spend(self, key: str, now: float) -> bool:
         """Take one retry or hedge from the deployment's budget; False (and nothing taken) when spent."""
@@ -63,7 +39,7 @@ class RetryBudgets:
         if extras + 1 > max(self.policy.ratio * firsts, self.policy.min_per_window):
             self.denied += 1
             return False
-        counts.extras[counts.slot(now)] += 1
+        counts.add(now, second=1)
         return True
 
     def reconfigure(self, policy: RetryBudget, keys: set[str]) -> None:

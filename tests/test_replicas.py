@@ -352,6 +352,9 @@ async def test_a_budget_shared_by_three_replicas_is_overspent_by_at_most_the_in_
     )
 
     assert "limits store unreachable" not in replicas.log_tail(100_000), "Redis calls failed: admitted unchecked"
+    # max_tokens caps every answer, so admission's estimate is an upper bound of each cost: the bound
+    # must not widen with the estimator it is meant to check.
+    assert overrun == 0, f"a request cost ${overrun / 1e6:.6f} more than admission reserved for it"
     assert spent <= bound, f"spent ${spent / 1e6:.6f}, more than the bound ${bound / 1e6:.6f}"
     # The budget was the binding limit: spend stopped only when no request shape fit any more.
     assert spent >= 0.9 * budget

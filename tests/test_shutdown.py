@@ -210,6 +210,7 @@ def test_the_compose_file_gives_the_drain_time_to_finish(repo_root: Path) -> Non
     compose = yaml.safe_load((repo_root / "deploy" / "docker-compose.yaml").read_text())
     gateways = [service for name, service in compose["services"].items() if name.startswith("gateway")]
     default_grace_s = ServerSettings().shutdown_grace_s
+    assert gateways, "no gateway service found in the compose file"
     for service in gateways:
         period = re.fullmatch(r"(\d+)s", service["stop_grace_period"])
         assert period is not None and int(period.group(1)) > default_grace_s  # else Docker kills mid-drain

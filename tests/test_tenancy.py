@@ -11,7 +11,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.costs import Tokens, cost_usd
+from gateway.costs import cost_usd
+from providers.schema import Usage
 from routing.config import Price
 
 ADMIN_KEY = "admin-key-for-tenancy"
@@ -114,7 +115,9 @@ def test_streams_carry_their_cost_in_a_comment_and_every_request_has_one_ledger_
         headers={"authorization": "Bearer acme-key", "x-gateway-tags": "team=growth,feature=search,env=prod"},
     ) as response:
         text = response.read().decode()
-    assert ": x-gateway-cost-usd=" in text and text.endswith("data: [DONE]\n\n")
+    assert text.endswith("data: [DONE]\n\n")
+    stream_cost = float(text.split(": x-gateway-cost-usd=", 1)[1].split("\n", 1)[0])
+    assert stream_cost > 0
     acme.chat.completions.create(model="chat", messages=messages, metadata={"team": "growth", "feature": "chat"})
     with pytest.raises(openai.PermissionDeniedError):
         acme.chat.completions.create(model="other", messages=messages)
@@ -128,16 +131,19 @@ def test_streams_carry_their_cost_in_a_comment_and_every_request_has_one_ledger_
         ("acme", None, None, 200): 1,
     }
     assert sum(r["cost_usd"] for r in rows if r["status"] == 200) > 0
+    by_feature = {r["feature"]: r["cost_usd"] for r in usage(gateway, "feature") if r["feature"] == "search"}
+    assert by_feature["search"] == pytest.approx(stream_cost, abs=1e-6)  # the comment is what was recorded
 
 
 def test_a_budget_stops_spend_with_429_budget_exceeded(gateway: str) -> None:
     initech = client(gateway, "initech-key")
     messages = [{"role": "user", "content": "spend"}]
-    served, refused = 0, None
+    served, refused, charged = 0, None, 0.0
     for _ in range(20):
         try:
-            initech.chat.completions.create(model="chat", messages=messages, max_tokens=20)
+            raw = initech.chat.completions.with_raw_response.create(model="chat", messages=messages, max_tokens=20)
             served += 1
+            charged += float(raw.headers["x-gateway-cost-usd"])
         except openai.RateLimitError as exc:
             refused = exc
             break
@@ -145,6 +151,8 @@ def test_a_budget_stops_spend_with_429_budget_exceeded(gateway: str) -> None:
     assert served >= 1
     assert "initech" in refused.message and "initech-key" not in refused.message
     spent = sum(r["cost_usd"] for r in usage(gateway, tenant="initech") if r["status"] == 200)
+    assert spent == pytest.approx(charged, abs=1e-6)  # the ledger holds what the responses said
+    assert spent >= 0.10 - 0.05  # spend reached the budget, less at most one request's estimate
     assert spent <= 0.10 + 0.05  # at most one request's actual cost over its estimate
 
 
@@ -218,6 +226,7 @@ async def test_an_account_closed_while_its_client_leaves_still_leaves_its_record
     await asyncio.sleep(0.05)
     closing.cancel()
     await asyncio.gather(closing, return_exceptions=True)
+    assert [record.status for record in Runtime.ledger.records] == [200]  # the cancelled close left its record
     assert await account.close(Runtime, status=499) == 0.0  # closed once: the second exit adds nothing
     assert len(Runtime.ledger.records) == 1
 
@@ -239,22 +248,27 @@ def test_the_embedded_default_runs_without_keys(gateway_url: str) -> None:
 @pytest.mark.parametrize(
     ("tokens", "price", "compute_s", "expected"),
     [
-        (Tokens(prompt=1_000_000, completion=500_000), Price(input_per_mtok=2.5, output_per_mtok=10), None, 7.5),
+        (
+            Usage(prompt_tokens=1_000_000, completion_tokens=500_000),
+            Price(input_per_mtok=2.5, output_per_mtok=10),
+            None,
+            7.5,
+        ),
         # 400k of the prompt came from the provider's cache, billed at the cached rate.
         (
-            Tokens(prompt=1_000_000, completion=0, cached=400_000),
+            Usage(prompt_tokens=1_000_000, completion_tokens=0, cached_tokens=400_000),
             Price(input_per_mtok=2.5, cached_input_per_mtok=1.25),
             None,
             0.6 * 2.5 + 0.4 * 1.25,
         ),
         # No cached rate: cached tokens cost the input rate.
-        (Tokens(prompt=1000, cached=1000), Price(input_per_mtok=3), None, 0.003),
+        (Usage(prompt_tokens=1000, cached_tokens=1000), Price(input_per_mtok=3), None, 0.003),
         # Reasoning tokens are part of completion_tokens: billed once, as output.
-        (Tokens(prompt=0, completion=2000, reasoning=1500), Price(output_per_mtok=60), None, 0.12),
+        (Usage(prompt_tokens=0, completion_tokens=2000, reasoning_tokens=1500), Price(output_per_mtok=60), None, 0.12),
         # Billed by compute time (Replicate): seconds × price, plus any token prices.
-        (Tokens(prompt=100, completion=100), Price(per_second=0.0014), 12.5, 0.0175),
-        (Tokens(prompt=10, completion=10), None, None, 0.0),
+        (Usage(prompt_tokens=100, completion_tokens=100), Price(per_second=0.0014), 12.5, 0.0175),
+        (Usage(prompt_tokens=10, completion_tokens=10), None, None, 0.0),
     ],
 )
-def test_cost_arithmetic(tokens: Tokens, price: Price | None, compute_s: float | None, expected: float) -> None:
+def test_cost_arithmetic(tokens: Usage, price: Price | None, compute_s: float | None, expected: float) -> None:
     assert cost_usd(tokens, price, compute_s) == pytest.approx(expected, abs=1e-9)
