@@ -188,6 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
         # SIGTERM: stop listening, close idle connections, let in-flight requests finish for this long.
         timeout_graceful_shutdown=loaded.config.server.shutdown_grace_s,
+        timeout_keep_alive=loaded.config.server.keep_alive_s,
     )
     if args.workers > 1:
         os.environ[CONFIG_ENV_VAR] = os.path.abspath(path)

@@ -51,6 +51,15 @@ class ServerSettings(_Strict):
         ge=0,
         description="After SIGTERM, how long in-flight requests (streams included) may run before they are cut.",
     )
+    keep_alive_s: float = Field(
+        default=75.0,
+        gt=0,
+        description=(
+            "How long an idle client connection stays open. Keep it longer than the idle timeout of every "
+            "client and load balancer in front (OpenAI SDKs 5 s, AWS ALB 60 s), so that they close idle "
+            "connections, not we: a server closing one just as a client reuses it resets that request."
+        ),
+    )
 
 
 class StateSettings(_Strict):

@@ -211,7 +211,9 @@ async def load(url: str, count: int, seed: int) -> tuple[Counter[str], float]:
             except Exception as exc:
                 failures.append(f"{job}: {type(exc).__name__}: {exc}")
 
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    # The client drops idle connections before the server's keep-alive (5 s) would: else, on a loaded
+    # machine, a request sent just as the server closes its connection is reset (as with any HTTP/1.1 pair).
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY, keepalive_expiry=2.0)
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, trust_env=False) as client:
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
