@@ -174,6 +174,16 @@ async def embeddings(request: Request) -> Response:
     return json_response(served.value, headers=headers)
 
 
+#: The endpoints that carry the traffic, served by `GatewayApp` without FastAPI's router in between (the
+#: decorators above still register them, for FastAPI's 405s and for any other method or path shape).
+DIRECT_ROUTES: dict[str, Handler] = {
+    "/v1/chat/completions": chat_completions,
+    "/chat/completions": chat_completions,
+    "/v1/embeddings": embeddings,
+    "/embeddings": embeddings,
+}
+
+
 @router.get("/v1/models")
 @router.get("/models", include_in_schema=False)
 @guarded

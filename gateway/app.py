@@ -10,10 +10,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import admin, api, keep_warm, shutdown
 from gateway.config import CONFIG_ENV_VAR, LoadedConfig, load_config, resolve_config_path
@@ -45,7 +48,38 @@ def tune_garbage_collector() -> None:
     gc.freeze()
 
 
-def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
+class GatewayApp(FastAPI):
+    """FastAPI, with the OpenAI endpoints that carry the traffic dispatched straight to their handlers.
+
+    Everything else (admin, health, models, errors for unknown routes) goes through FastAPI's router.
+    The inference endpoints read the raw request and answer every failure themselves (`api.guarded`),
+    so FastAPI's routing, dependency and exception layers do nothing for them but cost CPU: measured with
+    py-spy under load, about 12% of the gateway's time per request went to those layers.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.direct_routes: dict[str, Any] = {}
+        self._direct = shutdown.FinishCutRequests(self._serve_direct)
+
+    def route_directly(self, path: str, handler: Any) -> None:
+        """Serve POST `path` with `handler(request) -> Response`, bypassing the router."""
+        self.direct_routes[path] = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.direct_routes:
+            scope["app"] = self  # what `request.app` reads, as Starlette would set it
+            await self._direct(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _serve_direct(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.direct_routes[scope["path"]]
+        response = await handler(StarletteRequest(scope, receive, send))
+        await response(scope, receive, send)
+
+
+def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> GatewayApp:
     config_file = Path(loaded.source)
     reloadable = config_file.is_file()  # a config parsed from text (tests) has no file to reload
 
@@ -74,7 +108,7 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
             await app.state.runtime.ledger.aclose()
             await app.state.runtime.limits.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="llm-gateway",
         lifespan=lifespan,
         docs_url=None,
@@ -84,6 +118,8 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
     app.include_router(api.router)
     app.include_router(admin.router)
     app.add_middleware(shutdown.FinishCutRequests)
+    for path, handler in api.DIRECT_ROUTES.items():
+        app.route_directly(path, handler)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> Response:
@@ -125,6 +161,6 @@ def create_app(loaded: LoadedConfig, *, watch_config: bool = True) -> FastAPI:
     return app
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment() -> GatewayApp:
     """uvicorn factory for multi-worker serving: each worker loads the config the CLI already checked."""
     return create_app(load_config(resolve_config_path(os.environ.get(CONFIG_ENV_VAR))))
