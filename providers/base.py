@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import aiohttp
 import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -153,6 +154,8 @@ class ProviderAdapter(ABC):
 
         try:
             yield
+        except aiohttp.ClientError as exc:  # the direct path's; before TimeoutError, which some subclass
+            raise self.error(*transport_error(exc)) from None
         except TimeoutError as exc:
             detail = f"{upstream} sent {exc}" if str(exc) else f"{upstream} did not answer in time"
             raise self.error(ErrorKind.TIMEOUT, detail) from None

@@ -13,13 +13,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import httpx
 import orjson
 from pydantic import Field, SecretStr
 
 from providers.base import CallOptions, ProviderAdapter, ProviderConfigBase
 from providers.errors import ErrorKind, ProviderError, kind_for_status
-from providers.http import parse_retry_after, request_timeout
+from providers.http import UpstreamClient, UpstreamResponse, parse_retry_after
 from providers.schema import ChatRequest, ChunkFactory, EmbedRequest, StreamChunk
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
@@ -60,7 +59,9 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     supports_embeddings = True
     upstream = "upstream"  # how messages name the other side
 
-    def __init__(self, name: str, config: Any, http: httpx.AsyncClient) -> None:
+    http: UpstreamClient  # its direct path (`post_direct`) carries these adapters' calls
+
+    def __init__(self, name: str, config: Any, http: UpstreamClient) -> None:
         super().__init__(name, config, http)
         self._base_url = str(getattr(config, "base_url", "")).rstrip("/")
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -134,17 +135,16 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             content = orjson.dumps(body)
             async with asyncio.timeout_at(first_deadline):
                 for attempt in (1, 2):
-                    request_to_send = self.http.build_request(
-                        "POST",
+                    response = await self.http.post_direct(
                         self.url("chat/completions", model),
-                        content=content,
-                        headers=await self.request_headers(),
-                        timeout=request_timeout(options, streaming=True),
+                        content,
+                        await self.request_headers(),
+                        options,
+                        streaming=True,
                     )
-                    response = await self.http.send(request_to_send, stream=True)
                     if not (response.status_code == 401 and attempt == 1 and await self.refresh_credentials()):
                         break
-                    await response.aclose()
+                    response.close()
             try:
                 if response.status_code != 200:
                     await response.aread()
@@ -207,11 +207,8 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         with self.failures_as_provider_errors(self.upstream):
             async with asyncio.timeout_at(options.deadline):
                 for attempt in (1, 2):
-                    response = await self.http.post(
-                        url,
-                        content=content,
-                        headers=await self.request_headers(),
-                        timeout=request_timeout(options, streaming=False),
+                    response = await self.http.post_direct(
+                        url, content, await self.request_headers(), options, streaming=False
                     )
                     if not (response.status_code == 401 and attempt == 1 and await self.refresh_credentials()):
                         break
@@ -225,7 +222,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         except orjson.JSONDecodeError:
             raise self.error(ErrorKind.INTERNAL, f"{self.upstream} sent malformed JSON", status=200) from None
 
-    def _error_from_response(self, response: httpx.Response) -> ProviderError:
+    def _error_from_response(self, response: UpstreamResponse) -> ProviderError:
         try:
             body = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -271,6 +268,6 @@ def error_kind(status: int, code: str | None, error_type: str, message: str) -> 
     return kind_for_status(status)
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _sse_data(response: UpstreamResponse) -> AsyncIterator[bytes]:
     async for event in iter_sse_events(response.aiter_bytes()):
         yield event.data

@@ -79,10 +79,9 @@ def describe_task(task: asyncio.Task[Any]) -> str:
 
 
 def _pool(runtime: Any) -> tuple[int | None, int | None]:
-    """Acquired and idle connections of the aiohttp pool behind the runtime's httpx client (private
-    attributes of httpx-aiohttp and aiohttp, read defensively: None when the layout is not the known one)."""
-    transport = getattr(runtime.http, "_transport", None)
-    session = getattr(transport, "client", None)
+    """Acquired and idle connections of the aiohttp pool that both paths of the runtime's client share
+    (private attributes of aiohttp, read defensively: None when the layout is not the known one)."""
+    session = runtime.http.session()
     connector = getattr(session, "connector", None)
     acquired = getattr(connector, "_acquired", None)
     conns = getattr(connector, "_conns", None)
