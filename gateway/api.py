@@ -312,7 +312,7 @@ async def _close_stream_account(
     runtime: Runtime, account: Account, stream: ResumingStream, *, status: int, error_code: str | None = None
 ) -> float:
     """Account a stream with what its client received (counted here when no usage came), once."""
-    usage, estimated = stream.usage_so_far()
+    usage, estimated = await stream.usage_so_far()
     served = stream.segment
     return await account.close(
         runtime,

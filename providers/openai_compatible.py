@@ -22,7 +22,7 @@ from providers.http import UpstreamClient, UpstreamResponse, parse_retry_after
 from providers.schema import ChatRequest, ChunkFactory, EmbedRequest, StreamChunk
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
-from providers.tokens import estimate_usage
+from providers.tokens import estimate_usage, ready
 
 
 class OpenAICompatibleConfig(ProviderConfigBase):
@@ -186,6 +186,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         if not saw_usage:
             # The upstream gave no usage (stream_usage off, or it ignores stream_options): count it
             # ourselves rather than account the call at zero.
+            await ready()
             usage = estimate_usage(request.body["messages"], text_parts)
             request.facts.usage_estimated = True
             head = first_chunk or {}

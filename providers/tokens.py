@@ -7,6 +7,7 @@ Encodings are loaded once per process (about a second) and then count at native 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 from pathlib import Path
@@ -29,12 +30,26 @@ _REPLY_PRIMING_TOKENS = 3
 _TOKENS_PER_IMAGE = 85
 
 
+_loaded: set[str] = set()
+
+
 @functools.cache
 def encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(VENDORED_CACHE_DIR))
     import tiktoken
 
-    return tiktoken.get_encoding(name)
+    loaded = tiktoken.get_encoding(name)
+    _loaded.add(name)
+    return loaded
+
+
+async def ready(name: str = DEFAULT_ENCODING) -> None:
+    """Load the encoding in a worker thread unless it is loaded already; await it before counting on the
+    event loop where the config did not need the tokenizer at start-up (a stream the client dropped
+    before its usage chunk, an upstream that reports no usage). Loading takes about a second, which
+    would otherwise stall every request in the process."""
+    if name not in _loaded:
+        await asyncio.to_thread(encoding, name)
 
 
 def count_text(text: str, encoding_name: str = DEFAULT_ENCODING) -> int:

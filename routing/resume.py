@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from providers import tokens
 from providers.errors import ErrorKind, ProviderError
 from providers.schema import ChatCompletionRequest, ChatRequest, StreamChunk, Usage
 from providers.tokens import count_text
@@ -102,11 +103,12 @@ class ResumingStream:
             self._abandon_segment()
             await self.segment.value.chunks.aclose()  # type: ignore[attr-defined]
 
-    def usage_so_far(self) -> tuple[dict[str, Any], bool]:
+    async def usage_so_far(self) -> tuple[dict[str, Any], bool]:
         """The usage of what the client received, and whether it was counted here (estimated): the
         stream's own usage chunk when it sent one, else tiktoken over the text sent so far."""
         if self.last_usage is not None:
             return self.last_usage, self.usage_estimated
+        await tokens.ready()
         return self._counted_usage(), True
 
     def _counted_usage(self) -> dict[str, Any]:
@@ -281,6 +283,7 @@ class ResumingStream:
         if self.sent_tool_calls or self.continuations >= allowed or self.choices > 1:
             return None
         prefix = "".join(self.sent)
+        await tokens.ready()  # the continuation's output limit is what is left after the text sent
         body = _continuation_body(self.body, prefix)
         if body is None:
             return None

@@ -38,7 +38,7 @@ from providers.schema import (
 )
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
-from providers.tokens import count_text
+from providers.tokens import count_text, ready
 from providers.translate import invalid, single_choice, text_of
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -73,7 +73,7 @@ class ReplicateAdapter(ProviderAdapter):
             if prediction is not None and prediction.get("status") not in TERMINAL:
                 self._cancel_soon(prediction)  # timed out or the client left: stop paying for it
         text = self._output_text(prediction)
-        usage = self._usage(prediction, model_input["prompt"], text)
+        usage = await self._usage(prediction, model_input["prompt"], text)
         request.facts.usage_estimated = usage.estimated
         self._record_facts(request, prediction)
         return {
@@ -130,7 +130,7 @@ class ReplicateAdapter(ProviderAdapter):
             if not finished and prediction is not None:
                 self._cancel_soon(prediction)  # the client left, or the stream failed: stop the model
         text = "".join(pieces)
-        usage = self._usage(prediction, model_input["prompt"], text)
+        usage = await self._usage(prediction, model_input["prompt"], text)
         request.facts.usage_estimated = usage.estimated
         self._record_facts(request, prediction)
         yield chunks.delta({}, finish=self._finish(usage, request.params))
@@ -297,9 +297,11 @@ class ReplicateAdapter(ProviderAdapter):
             return "".join(str(piece) for piece in output)
         return "" if output is None else str(output)
 
-    def _usage(self, prediction: dict[str, Any] | None, prompt: str, text: str) -> Usage:
+    async def _usage(self, prediction: dict[str, Any] | None, prompt: str, text: str) -> Usage:
         metrics = (prediction or {}).get("metrics") or {}
         input_tokens, output_tokens = metrics.get("input_token_count"), metrics.get("output_token_count")
+        if input_tokens is None or output_tokens is None:
+            await ready()
         usage = Usage(
             prompt_tokens=int(input_tokens) if input_tokens is not None else count_text(prompt),
             completion_tokens=int(output_tokens) if output_tokens is not None else count_text(text),

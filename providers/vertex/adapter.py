@@ -24,7 +24,7 @@ from providers.schema import (
 )
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
-from providers.tokens import estimate_usage
+from providers.tokens import estimate_usage, ready
 from providers.translate import invalid
 from providers.vertex.auth import GoogleTokenSource
 from providers.vertex.config import VertexConfig
@@ -79,6 +79,7 @@ class VertexAdapter(ProviderAdapter):
                 raise self.error(ErrorKind.INTERNAL, "Vertex ended the stream before it finished")
         usage = state.usage
         if usage is None:
+            await ready()
             usage = estimate_usage(request.body["messages"], state.text_parts)
             request.facts.usage_estimated = True
         yield state.chunks.usage(usage)
