@@ -3,7 +3,8 @@ bench/RESULTS.md with the command, date, commit, versions and machine.
 
   report.py DIR COMMAND-LINE
 
-DIR holds one JSON file per measurement, named <what>.<target>.json, target direct | gateway | mock."""
+DIR holds one JSON file per measurement, named <what>.<target>.json, target direct | gateway | mock |
+litellm | portkey | direct-at-<peer> (the direct call at a peer's fixed rate)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -36,54 +38,102 @@ def get(data: dict, key: str, *path: str) -> float | None:
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit == "req/s":
+    if unit in ("req/s", "req"):
         return f"{value:,.0f}"
     if unit == "MiB":
         return f"{value:.1f}"
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
-def rows(data: dict) -> list[tuple[str, str, float | None, float | None, str]]:
-    """(metric, unit, direct, gateway, comparison kind: ratio | diff)"""
+PEERS = ("litellm", "portkey")
 
-    def row(label: str, unit: str, source: str, *path: str, kind: str = "diff") -> tuple:
-        """One metric read from the same place in the direct and the gateway measurement."""
-        return (label, unit, get(data, f"{source}.direct", *path), get(data, f"{source}.gateway", *path), kind)
+
+def targets(data: dict) -> list[str]:
+    """The columns: the direct call, the gateway, then each peer measured in this run."""
+    return ["direct", "gateway", *(peer for peer in PEERS if f"wrk32.{peer}" in data)]
+
+
+Value = Callable[[str], "float | None"]
+
+
+def rows(data: dict) -> list[tuple[str, str, Value, str]]:
+    """(metric, unit, value of a target, comparison kind). Kinds: ratio and diff compare the gateway with
+    every other column; count and none compare nothing; same-rate compares the gateway with the direct
+    call only (a peer ran at its own rate); added compares the gateway with the peers only."""
+
+    def at(source: str, *path: str) -> Value:
+        return lambda target: get(data, f"{source}.{target}", *path)
+
+    def added(q: str) -> Value:
+        """Latency at the fixed rate minus the direct call's at the same rate."""
+
+        def value(target: str) -> float | None:
+            if target == "direct":
+                return None
+            mine = get(data, f"rate.{target}", "latency_ms", q)
+            direct = get(data, "rate.direct" if target == "gateway" else f"rate.direct-at-{target}", "latency_ms", q)
+            return None if mine is None or direct is None else mine - direct
+
+        return value
+
+    def failed(source: str) -> Value:
+        def value(target: str) -> float | None:
+            run = data.get(f"{source}.{target}")
+            return None if run is None else (run.get("errors") or 0) + (run.get("timeouts") or 0)
+
+        return value
 
     out = []
     for connections in (32, 128):
         source = f"wrk{connections}"
-        out.append(row(f"throughput, {connections} connections", "req/s", source, "rps", kind="ratio"))
-        out += [row(f"  latency {q} under that load", "ms", source, q) for q in ("p50", "p99")]
-    out += [row(f"one at a time, latency {q}", "ms", "seq", "latency_ms", q) for q in ("p50", "p90", "p99")]
-    target = get(data, "rate.gateway", "rate", "target_rps")
-    label = f"fixed rate {target or 0:.0f} req/s, latency"
-    out += [row(f"{label} {q}", "ms", "rate", "latency_ms", q) for q in ("p50", "p90", "p99")]
-    out += [row(f"streaming, time to first token {q}", "ms", "stream", "ttft_ms", q) for q in ("p50", "p99")]
-    out += [row(f"streaming, total time {q}", "ms", "stream", "total_ms", q) for q in ("p50", "p99")]
-    out.append(row("RSS after start + 1 request", "MiB", "rss", "idle_mib"))
-    out.append(row("RSS after the run", "MiB", "rss", "after_mib"))
-    out.append(row("start-up: spawn to first 200", "ms", "startup", "startup_ms"))
+        out.append((f"throughput, {connections} connections", "req/s", at(source, "rps"), "ratio"))
+        out += [(f"  latency {q} under that load", "ms", at(source, q), "diff") for q in ("p50", "p99")]
+        out.append(("  failed or over 10 s", "req", failed(source), "count"))
+    out += [(f"one at a time, latency {q}", "ms", at("seq", "latency_ms", q), "diff") for q in ("p50", "p90", "p99")]
+    out.append(("fixed rate: half its own 32-conn. throughput", "req/s", at("rate", "rate", "target_rps"), "none"))
+    out += [(f"  latency {q}", "ms", at("rate", "latency_ms", q), "same-rate") for q in ("p50", "p90", "p99")]
+    out += [(f"  added to the direct call's {q} at that rate", "ms", added(q), "added") for q in ("p50", "p99")]
+    out += [(f"streaming, time to first token {q}", "ms", at("stream", "ttft_ms", q), "diff") for q in ("p50", "p99")]
+    out += [(f"streaming, total time {q}", "ms", at("stream", "total_ms", q), "diff") for q in ("p50", "p99")]
+    for when, label in (("idle", "after start + 1 request"), ("after", "after its measurements")):
+        for kind in ("rss", "pss"):
+            out.append((f"{kind.upper()} {label}", "MiB", at("memory", when, f"{kind}_mib"), "diff"))
+    out.append(("start-up: spawn to first 200", "ms", at("startup", "startup_ms"), "diff"))
     return out
 
 
-def compare(direct: float | None, gateway: float | None, kind: str, unit: str) -> str:
-    if direct is None or gateway is None:
+def compare(kind: str, unit: str, gateway: float | None, other: float | None, other_target: str) -> str:
+    if gateway is None or other is None or kind in ("count", "none"):
+        return "-"
+    if kind == "same-rate" and other_target != "direct" or kind == "added" and other_target == "direct":
         return "-"
     if kind == "ratio":
-        return f"x{gateway / direct:.3f}" if direct else "-"
-    return f"{gateway - direct:+.2f} {unit}" if unit != "MiB" else f"{gateway - direct:+.1f} MiB"
+        if not other:
+            return "-"
+        ratio = gateway / other
+        return f"x{ratio:.3f}" if ratio < 1 else f"x{ratio:.2f}" if ratio < 10 else f"x{ratio:.1f}"
+    difference = gateway - other
+    if unit == "MiB":
+        return f"{difference:+.1f} MiB"
+    return f"{difference:+.2f} {unit}" if abs(difference) < 100 else f"{difference:+,.0f} {unit}"
 
 
 def table(data: dict) -> str:
-    header = ("metric", "unit", "direct", "gateway", "gateway vs direct")
+    columns = targets(data)
+    others = [target for target in columns if target != "gateway"]
+    header = ("metric", "unit", *columns, *(f"gateway vs {target}" for target in others))
     lines = [header]
-    for metric, unit, direct, gateway, kind in rows(data):
-        lines.append((metric, unit, fmt(direct, unit), fmt(gateway, unit), compare(direct, gateway, kind, unit)))
+    for metric, unit, value, kind in rows(data):
+        values = {target: value(target) for target in columns}
+        cells = [fmt(values[target], unit) for target in columns]
+        comparisons = [compare(kind, unit, values["gateway"], values[target], target) for target in others]
+        lines.append((metric, unit, *cells, *comparisons))
     for connections in (32, 128):
         rps = get(data, f"wrk{connections}.mock", "rps")
         if rps is not None:
-            lines.append((f"mock provider, no upstream, {connections} conn.", "req/s", "-", fmt(rps, "req/s"), "-"))
+            cells = ["-"] * len(columns)
+            cells[columns.index("gateway")] = fmt(rps, "req/s")
+            lines.append((f"mock provider, no upstream, {connections} conn.", "req/s", *cells, *["-"] * len(others)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = []
     for n, line in enumerate(lines):
@@ -101,7 +151,15 @@ def table(data: dict) -> str:
 def notes(data: dict) -> list[str]:
     out = []
     for name in sorted(data):
-        errors = data[name].get("errors") or get(data, name, "rate", "errors")
+        if name.startswith("wrk"):
+            run = data[name]
+            if run.get("errors") or run.get("timeouts"):
+                out.append(
+                    f"- {name}: {run.get('errors', 0)} failed (non-2xx or socket errors) and {run.get('timeouts', 0)} "
+                    f"answered after more than 10 s, of {run.get('requests', 0)} answers"
+                )
+            continue
+        errors = get(data, name, "rate", "errors")
         if errors:
             out.append(f"- {name}: {errors} failed requests")
         late = get(data, name, "rate", "client_late")
@@ -110,6 +168,12 @@ def notes(data: dict) -> list[str]:
         achieved, target = get(data, name, "rate", "achieved_rps"), get(data, name, "rate", "target_rps")
         if achieved and target and achieved < 0.95 * target:
             out.append(f"- {name}: achieved {achieved} of {target} req/s")
+    for peer, settings in (data.get("settings", {}).get("peers") or {}).items():
+        if settings.get("seq_n") != 300 or settings.get("stream_n") != 200:
+            out.append(
+                f"- {peer}: {settings.get('seq_n')} requests one at a time and {settings.get('stream_n')} streamed "
+                "(300 and 200 for the others)"
+            )
     return out
 
 
@@ -120,13 +184,39 @@ def version(package: str) -> str:
         return "not installed"
 
 
-def environment() -> list[str]:
+def peer_versions(peers: list[str]) -> str:
+    """Read from the installs bench/peers/setup made."""
+    described = []
+    installs = ROOT / "bench" / ".peers"
+    if "litellm" in peers:
+        found = sorted(installs.glob("litellm/lib/python*/site-packages/litellm-*.dist-info"))
+        described.append(f"litellm {found[-1].name[len('litellm-') : -len('.dist-info')] if found else '?'}")
+    if "portkey" in peers:
+        modules = installs / "portkey" / "node_modules"
+
+        def package(name: str) -> str:
+            try:
+                return orjson.loads((modules / name / "package.json").read_bytes())["version"]
+            except (OSError, KeyError, orjson.JSONDecodeError):
+                return "?"
+
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip() or "?"
+        described.append(
+            f"@portkey-ai/gateway {package('@portkey-ai/gateway')} (@hono/node-server "
+            f"{package('@hono/node-server')}, node {node})"
+        )
+    return ", ".join(described)
+
+
+def environment(peers: list[str], cpus: int | None = None) -> list[str]:
+    """The lines that say what a result was measured on; cpus: the cores this process may use, if it has
+    since pinned itself to fewer."""
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-    ).stdout.strip()
+    # 0: no changes to tracked files, 1: changes, anything else: git could not tell
+    dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--"], capture_output=True).returncode
+    state = {0: "", 1: " (with uncommitted changes)"}.get(dirty, " (uncommitted changes unknown)")
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -134,11 +224,13 @@ def environment() -> list[str]:
             break
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
     return [
-        f"- commit: `{commit or 'unknown'}`{' (with uncommitted changes)' if dirty else ''}",
+        f"- commit: `{commit or 'unknown'}`{state}",
         f"- python {platform.python_version()}, uvicorn {version('uvicorn')}, httpx {version('httpx')}, "
         f"aiohttp {version('aiohttp')}, uvloop {version('uvloop')}, httptools {version('httptools')}; "
         f"{wrk[0].split(' [')[0] if wrk else 'wrk ?'}",
-        f"- machine: {os.cpu_count()} cores (`nproc`: {len(os.sched_getaffinity(0))}), {cpu}; {platform.platform()}",
+        f"- machine: {os.cpu_count()} cores (`nproc`: {cpus or len(os.sched_getaffinity(0))}), {cpu}; "
+        f"{platform.platform()}",
+        *([f"- peers: {peer_versions(peers)}"] if peers else []),
     ]
 
 
@@ -155,7 +247,7 @@ def main() -> None:
     section = [
         f"## {when}: `{command}`",
         "",
-        *environment(),
+        *environment([target for target in targets(data) if target in PEERS]),
         f"- profile: `bench/profiles/{settings.get('profile', '?')}.yaml`; {settings.get('seconds', '?')} s per wrk "
         f"measurement; streaming upstream: {settings.get('stream_chunks', '?')} chunks, "
         f"{settings.get('stream_delay_ms', '?')} ms apart",
@@ -176,11 +268,10 @@ def main() -> None:
 HEADER = """# Benchmark results
 
 Appended by `bench/run` (newest last). Each run measures the direct call (client → `bench/fixed_upstream.py`)
-and the gateway (client → gateway → the same upstream) seconds apart on the same machine: read the
-ratios and differences, not the absolute numbers. See the end of `bench/run` for what each row is.
-
-TODO (out of scope so far): the same rows for peers (LiteLLM proxy, Portkey gateway) in front of the same
-upstream, each pinned to core 0 like the gateway.
+and the gateway (client → gateway → the same upstream) seconds apart on the same machine, then each peer
+installed by `bench/peers/setup` (LiteLLM proxy, Portkey's gateway) in front of the same upstream, each
+pinned to core 0 like the gateway: read the ratios and differences, not the absolute numbers. See the
+head of `bench/run` for what each row is. `bench/soak` appends its own sections.
 
 """
 

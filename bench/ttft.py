@@ -6,11 +6,13 @@
   ttft.py rate   URL [--model M] --rps R [-d 10]     open loop at a fixed rate: each latency counts from
                                                      the request's scheduled start, so a slow server
                                                      cannot slow the client down and hide its own delay
-  ttft.py first-ok URL --since-file F [--model M]    poll until the first 200; ms since the time in F
-                                                     (nanoseconds, `date +%s%N`, written at the spawn)
+  ttft.py first-ok URL --since-file F [--model M]    poll until the first 200 (for --wait seconds, 90);
+                                                     ms since the time in F (nanoseconds, `date +%s%N`,
+                                                     written at the spawn)
 
 URL is the base (http://host:port); requests go to URL/v1/chat/completions. A warm-up of a few
-requests precedes seq, stream and rate and is not counted."""
+requests precedes seq, stream and rate and is not counted. `--header "Name: value"` (repeatable) adds
+a header to every request (a peer that routes on headers needs them)."""
 
 from __future__ import annotations
 
@@ -50,19 +52,21 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def one(session: aiohttp.ClientSession, url: str, payload: bytes) -> float:
+async def one(session: aiohttp.ClientSession, url: str, payload: bytes, headers: dict[str, str]) -> float:
     start = time.perf_counter()
-    async with session.post(url, data=payload, headers=HEADERS) as response:
+    async with session.post(url, data=payload, headers=headers) as response:
         await response.read()
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}")
     return (time.perf_counter() - start) * 1000
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, payload: bytes) -> tuple[float, float]:
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, payload: bytes, headers: dict[str, str]
+) -> tuple[float, float]:
     start = time.perf_counter()
     first = None
-    async with session.post(url, data=payload, headers=HEADERS) as response:
+    async with session.post(url, data=payload, headers=headers) as response:
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {await response.text()}")
         done = False
@@ -85,28 +89,29 @@ async def one_stream(session: aiohttp.ClientSession, url: str, payload: bytes) -
 
 async def run(args: argparse.Namespace) -> dict:
     url = args.url.rstrip("/") + "/v1/chat/completions"
+    headers = {**HEADERS, **args.headers}
     connector = aiohttp.TCPConnector(limit=args.connections, force_close=False)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         if args.mode == "first-ok":
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + args.wait
             while time.monotonic() < deadline:
                 try:
-                    await one(session, url, body(args.model, False))
+                    await one(session, url, body(args.model, False), headers)
                     now = time.time_ns()
                     since = int(Path(args.since_file).read_text())  # noqa: ASYNC240 (once, at the end)
                     return {"startup_ms": round((now - since) / 1e6, 1)}
                 except (aiohttp.ClientError, RuntimeError, OSError):
                     await asyncio.sleep(0.005)
-            raise SystemExit("no 200 within 90 s")
+            raise SystemExit(f"no 200 within {args.wait:g} s")
         streamed = args.mode == "stream"
         payload = body(args.model, streamed)
         for _ in range(20):
-            await (one_stream if streamed else one)(session, url, payload)
+            await (one_stream if streamed else one)(session, url, payload, headers)
         if args.mode == "seq":
-            return {"latency_ms": percentiles([await one(session, url, payload) for _ in range(args.n)])}
+            return {"latency_ms": percentiles([await one(session, url, payload, headers) for _ in range(args.n)])}
         if args.mode == "stream":
-            samples = [await one_stream(session, url, payload) for _ in range(args.n)]
+            samples = [await one_stream(session, url, payload, headers) for _ in range(args.n)]
             return {
                 "ttft_ms": percentiles([ttft for ttft, _ in samples]),
                 "total_ms": percentiles([total for _, total in samples]),
@@ -121,7 +126,7 @@ async def run(args: argparse.Namespace) -> dict:
         async def fire(scheduled: float) -> None:
             nonlocal errors
             try:
-                async with session.post(url, data=payload, headers=HEADERS) as response:
+                async with session.post(url, data=payload, headers=headers) as response:
                     await response.read()
                     if response.status != 200:
                         errors += 1
@@ -153,6 +158,13 @@ async def run(args: argparse.Namespace) -> dict:
         }
 
 
+def parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"--header wants 'Name: value', not {text!r}")
+    return name.strip().lower(), value.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["seq", "stream", "rate", "first-ok"])
@@ -163,7 +175,10 @@ def main() -> None:
     parser.add_argument("-d", "--duration", type=float, default=10)
     parser.add_argument("--connections", type=int, default=512, help="client pool limit (rate mode)")
     parser.add_argument("--since-file", default="")
+    parser.add_argument("--wait", type=float, default=90, help="first-ok: give up after this many seconds")
+    parser.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="repeatable")
     args = parser.parse_args()
+    args.headers = dict(parse_header(text) for text in args.header)
     if args.mode != "rate":
         args.connections = 1
     sys.stdout.write(orjson.dumps(uvloop.run(run(args))).decode() + "\n")
