@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,7 +62,9 @@ class SQLiteStore(LedgerStore):
         self.table = table
         self._connection: sqlite3.Connection | None = None
         self._closed = False
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
+        self._thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ledger-sqlite", initializer=run_at_background_priority
+        )
         columns = ", ".join(f'"{name}"' for name in COLUMNS)
         marks = ", ".join("?" for _ in COLUMNS)
         self._insert = f'INSERT INTO "{table}" ({columns}) VALUES ({marks}) ON CONFLICT("request_id") DO NOTHING'
@@ -162,3 +165,22 @@ class SQLiteStore(LedgerStore):
                 connection.close()
             except sqlite3.Error:
                 pass
+
+
+#: Nice value of the writer thread: background work, yet enough CPU share to keep up at full load.
+WRITER_NICENESS = 10
+
+
+def run_at_background_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: per thread; elsewhere a no-op).
+
+    The writer thread shares the event loop's core, and a batch of inserts is milliseconds of CPU (about
+    35 µs a record: 17 ms for a batch of 500). At the same priority the scheduler may run it in the middle
+    of requests: with 5,000-record batches, a fixed 600 req/s on one core saw a 261 ms stall. At nice 10
+    the loop preempts it whenever it has work, so the writes fill the loop's idle time; under full load
+    it still gets about a tenth of the core, several times what the writes need.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+    except (AttributeError, OSError):
+        pass

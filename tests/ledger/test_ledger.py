@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.ledger import Ledger, UsageRecord
+from gateway.ledger.sqlite_store import WRITER_NICENESS, SQLiteStore
 from gateway.ledger.store import LedgerStore, parse_group_by
 from tests.ledger.conftest import T0, record, stored_ids, wait_for
 
@@ -234,3 +238,16 @@ async def test_values_of_odd_types_are_stored_as_text(make_store: Callable[..., 
     odd = record(1, tenant=Path("acme"), tags={"n": 3, "path": Path("x")})  # what a careless caller might pass
     assert await store.write([odd]) == 1
     assert [row["tenant"] for row in await store.query(0, 4e9, ["tenant"])] == ["acme"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are a Linux feature")
+async def test_the_sqlite_writer_thread_runs_below_the_event_loop(tmp_path: Path) -> None:
+    """It shares the loop's core; at a lower priority its batches wait for the loop's idle time."""
+    store = SQLiteStore(tmp_path / "ledger.sqlite3")
+    await store.open()
+    try:
+        writer = await store._run(threading.get_native_id)
+        assert writer != threading.get_native_id()
+        assert os.getpriority(os.PRIO_PROCESS, writer) == os.getpriority(os.PRIO_PROCESS, 0) + WRITER_NICENESS
+    finally:
+        await store.aclose()
