@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 
 import pytest
@@ -40,3 +41,13 @@ async def test_counting_after_ready_uses_the_real_encoding() -> None:
     await tokens.ready()
     assert tokens.DEFAULT_ENCODING in tokens._loaded
     assert tokens.count_text("hello world") == 2
+
+
+def test_the_loaded_encoding_keeps_no_python_copy_of_its_ranks_and_still_counts_and_pickles() -> None:
+    loaded = tokens.encoding()
+    assert not hasattr(loaded, "_mergeable_ranks")  # about 20 MB of bytes objects, freed
+    text = "Tokens: 123 ünïcödé 字 <|endoftext|>"
+    assert loaded.decode(loaded.encode(text, disallowed_special=())) == text
+    assert tokens.count_text("hello world") == 2
+    restored = pickle.loads(pickle.dumps(loaded))  # registered encodings pickle by name
+    assert restored.encode(text, disallowed_special=()) == loaded.encode(text, disallowed_special=())
