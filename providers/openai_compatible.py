@@ -142,13 +142,15 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                         options,
                         streaming=True,
                     )
-                    if not (response.status_code == 401 and attempt == 1 and await self.refresh_credentials()):
+                    if response.status_code == 200:
                         break
-                    response.close()
+                    try:
+                        await response.aread()  # an error's body, within the same first-chunk deadline
+                    finally:
+                        response.close()
+                    if response.status_code != 401 or attempt == 2 or not await self.refresh_credentials():
+                        raise self._error_from_response(response)
             try:
-                if response.status_code != 200:
-                    await response.aread()
-                    raise self._error_from_response(response)
                 async for data in within_limits(_sse_data(response), options, first_deadline):
                     if data == b"[DONE]":
                         saw_done = True
@@ -211,7 +213,9 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                     response = await self.http.post_direct(
                         url, content, await self.request_headers(), options, streaming=False
                     )
-                    if not (response.status_code == 401 and attempt == 1 and await self.refresh_credentials()):
+                    if response.status_code != 401 or attempt == 2:
+                        break
+                    if not await self.refresh_credentials():
                         break
         if response.status_code != 200:
             raise self._error_from_response(response)

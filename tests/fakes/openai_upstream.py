@@ -95,12 +95,14 @@ class Error:
 
     A str is sent raw (text/plain unless `headers` set a content-type), except the keywords
     "context" (400 context_length_exceeded, param "messages") and "quota" (429 insufficient_quota),
-    which select those real OpenAI envelopes.
+    which select those real OpenAI envelopes. `stall_body_s` sends the headers and half the body, then
+    waits that long before the rest (an upstream that stalls mid-error).
     """
 
     status: int
     body: dict[str, Any] | str | None = None
     headers: dict[str, str] | None = None
+    stall_body_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -598,7 +600,17 @@ def _error_response(error: Error, model: str) -> Response:
         body: Any = _KEYWORD_ENVELOPES[error.body]
     else:
         body = error.body if error.body is not None else _error_envelope(error.status, model)
-    return _json(error.status, body, headers)
+    response = _json(error.status, body, headers)
+    if error.stall_body_s <= 0:
+        return response
+    content, delay = response.body, error.stall_body_s
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield content[: len(content) // 2]
+        await asyncio.sleep(delay)
+        yield content[len(content) // 2 :]
+
+    return StreamingResponse(stalling(), error.status, headers, "application/json")
 
 
 def _headers(extra: dict[str, str] | None = None) -> dict[str, str]:

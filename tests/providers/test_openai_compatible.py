@@ -154,6 +154,8 @@ def test_embeddings_pass_through(rig: Rig) -> None:
         (Error(502, "<html>bad gateway</html>"), ErrorKind.UNAVAILABLE, 503, "upstream_unavailable"),
         (Malformed(), ErrorKind.INTERNAL, 502, "upstream_error"),
         (Hang(5), ErrorKind.TIMEOUT, 504, "upstream_timeout"),
+        # An error whose body stalls: bounded by the same limits as any answer.
+        (Error(503, stall_body_s=5), ErrorKind.TIMEOUT, 504, "upstream_timeout"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])
