@@ -102,24 +102,14 @@ async def unless_client_leaves(
         raise ClientGone() from None
     finally:
         watcher.cancel()
-    if this.cancelling():  # the result came with a cancellation still pending: it has no taker
+    if this.cancelling():  # work swallowed a cancellation and returned anyway: the result has no taker
         this.uncancel()
-        await _absorb_pending_cancellation()
         if discard is not None:
             await discard(result)
         if gone:
             raise ClientGone()
         raise asyncio.CancelledError()
     return result
-
-
-async def _absorb_pending_cancellation() -> None:
-    """Take the CancelledError a cancelled task still receives at its next await (Python 3.11 keeps it
-    pending even after `uncancel`)."""
-    try:
-        await asyncio.sleep(0)
-    except asyncio.CancelledError:
-        pass
 
 
 def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

@@ -61,13 +61,24 @@ def _drop_python_copy_of_ranks(loaded: tiktoken.Encoding) -> None:
         loaded._mergeable_ranks = ranks  # type: ignore[attr-defined]
 
 
+_loading: dict[str, asyncio.Future[Any]] = {}
+
+
 async def ready(name: str = DEFAULT_ENCODING) -> None:
     """Load the encoding in a worker thread unless it is loaded already; await it before counting on the
     event loop where the config did not need the tokenizer at start-up (a stream the client dropped
     before its usage chunk, an upstream that reports no usage). Loading takes about a second, which
-    would otherwise stall every request in the process."""
-    if name not in _loaded:
-        await asyncio.to_thread(encoding, name)
+    would otherwise stall every request in the process. Callers arriving meanwhile share the one load."""
+    if name in _loaded:
+        return
+    loading = _loading.get(name)
+    if loading is None or loading.get_loop() is not asyncio.get_running_loop():
+        loading = _loading[name] = asyncio.ensure_future(asyncio.to_thread(encoding, name))
+    try:
+        await asyncio.shield(loading)
+    finally:
+        if loading.done():
+            _loading.pop(name, None)
 
 
 def count_text(text: str, encoding_name: str = DEFAULT_ENCODING) -> int:

@@ -137,20 +137,20 @@ class ResumingStream:
                 except StopAsyncIteration:
                     self._end_segment(ok=True)
                     if self.last_usage is None:
-                        yield self._usage_chunk()
+                        yield await self._usage_chunk()
                     return
                 except ProviderError as error:
                     self._end_segment(ok=False, error=error)
                     if self.finished:
                         # The answer was whole; only its tail (usage, [DONE]) was lost.
                         if self.last_usage is None:
-                            yield self._usage_chunk()
+                            yield await self._usage_chunk()
                         return
                     self.original_error = self.original_error or error
                     resumed = await self._continue(error)
                     if resumed is None:
                         if self.last_usage is None:
-                            yield self._usage_chunk()
+                            yield await self._usage_chunk()
                         raise self.original_error from None
                     self.segment = resumed
                     self._segment_open = True
@@ -225,12 +225,13 @@ class ResumingStream:
             self.seam = ""  # the continuation has moved past the seam
         return content[kept:]
 
-    def _usage_chunk(self) -> StreamChunk:
+    async def _usage_chunk(self) -> StreamChunk:
         """Usage for what the client received. After a continuation it is counted here (the upstreams
         each saw only a part), and marked estimated like every usage the gateway counts itself."""
         if self.segment_usage is not None and not self.continuations:
             usage: dict[str, Any] = self.segment_usage
         else:
+            await tokens.ready()
             usage = self._counted_usage()
         data = {
             "id": self.completion_id,

@@ -24,7 +24,7 @@ from providers.http import parse_retry_after, request_timeout
 from providers.schema import ChatRequest, ChunkFactory, StreamChunk, Usage, new_completion_id, now_s
 from providers.sse import iter_sse_events
 from providers.streaming import first_token_deadline, within_limits
-from providers.tokens import estimate_usage
+from providers.tokens import estimate_usage, ready
 
 _ERROR_TYPES = {
     "overloaded_error": ErrorKind.UNAVAILABLE,
@@ -86,6 +86,7 @@ class AnthropicAdapter(ProviderAdapter):
                 raise self.error(ErrorKind.INTERNAL, "Anthropic ended the stream before it finished")
         usage = state.usage()
         if usage is None:
+            await ready()
             usage = estimate_usage(request.body["messages"], state.text_parts)
             request.facts.usage_estimated = True
         yield state.chunks.usage(usage)

@@ -28,7 +28,7 @@ from providers.schema import (
     now_s,
 )
 from providers.streaming import first_token_deadline, within_limits
-from providers.tokens import count_text, estimate_usage
+from providers.tokens import count_text, estimate_usage, ready
 from providers.translate import invalid
 
 _COHERE_BATCH = 96  # texts per Cohere embed call on Bedrock
@@ -75,6 +75,7 @@ class BedrockAdapter(ProviderAdapter):
             if builder.stop_reason is None:
                 raise incomplete_stream_error()
         if builder.usage is None:  # the metadata event never came: count, rather than record zero
+            await ready()
             usage = estimate_usage(request.body["messages"], builder.text_parts)
             request.facts.usage_estimated = True
             yield builder.chunks.usage(usage)
@@ -124,7 +125,10 @@ class BedrockAdapter(ProviderAdapter):
                 body["dimensions"] = dimensions
             async with gate:
                 answer = await self._invoke(model, body, options)
-            return answer["embedding"], int(answer.get("inputTextTokenCount") or count_text(text))
+            reported = answer.get("inputTextTokenCount")
+            if not reported:
+                await ready()
+            return answer["embedding"], int(reported or count_text(text))
 
         results = await asyncio.gather(*(one(text) for text in texts))
         return [vector for vector, _ in results], sum(tokens for _, tokens in results)
@@ -143,6 +147,7 @@ class BedrockAdapter(ProviderAdapter):
             if isinstance(embeddings, dict):  # when embedding_types is given, vectors are keyed by type
                 embeddings = embeddings.get("float")
             vectors.extend(embeddings or [])
+        await ready()
         return vectors, sum(count_text(text) for text in texts)  # Cohere reports no token counts
 
     # --- plumbing ------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ async def test_ready_loads_the_encoding_in_a_worker_thread_once(monkeypatch: pyt
 
     monkeypatch.setattr(tokens, "encoding", load)
     monkeypatch.setattr(tokens, "_loaded", set())
+    monkeypatch.setattr(tokens, "_loading", {})
     ticks = 0
 
     async def loop_keeps_running() -> None:
@@ -35,6 +36,27 @@ async def test_ready_loads_the_encoding_in_a_worker_thread_once(monkeypatch: pyt
     assert len(loads) == 1
     assert loads[0] is not threading.main_thread()
     assert ticks > 0
+
+
+async def test_callers_arriving_during_the_load_share_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = 0
+    release = threading.Event()
+
+    def load(name: str = tokens.DEFAULT_ENCODING) -> None:
+        nonlocal loads
+        loads += 1
+        release.wait(5)
+        tokens._loaded.add(name)
+
+    monkeypatch.setattr(tokens, "encoding", load)
+    monkeypatch.setattr(tokens, "_loaded", set())
+    monkeypatch.setattr(tokens, "_loading", {})
+    waiting = [asyncio.create_task(tokens.ready()) for _ in range(20)]
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(*waiting)
+    assert loads == 1
+    assert tokens._loading == {}
 
 
 async def test_counting_after_ready_uses_the_real_encoding() -> None:
