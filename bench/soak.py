@@ -49,7 +49,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procmem import tree_memory  # sibling scripts, not a package
 from report import ROOT, environment
-from ttft import HEADERS, percentiles
+from ttft import HEADERS, has_content, percentiles, sse_data
 
 PLAIN, STREAM, CANCEL = "plain", "stream", "cancel"
 
@@ -86,11 +86,6 @@ def body(stream: bool) -> bytes:
 PAYLOADS = {PLAIN: body(False), STREAM: body(True), CANCEL: body(True)}
 
 
-def has_content(data: bytes) -> bool:
-    choices = orjson.loads(data).get("choices") or []
-    return bool(choices and (choices[0].get("delta") or {}).get("content"))
-
-
 async def request(session: aiohttp.ClientSession, url: str, kind: str, scheduled: float, counters: Counters) -> None:
     counters.in_flight += 1
     counters.max_in_flight = max(counters.max_in_flight, counters.in_flight)
@@ -106,10 +101,7 @@ async def request(session: aiohttp.ClientSession, url: str, kind: str, scheduled
                 counters.interval_latency.append(elapsed)
             else:
                 first = done = False
-                async for line in response.content:  # one SSE line at a time
-                    if not line.startswith(b"data: "):
-                        continue
-                    data = line[6:].strip()
+                async for data in sse_data(response):
                     if data == b"[DONE]":
                         done = True
                         continue

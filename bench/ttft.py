@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -61,6 +62,19 @@ async def one(session: aiohttp.ClientSession, url: str, payload: bytes, headers:
     return (time.perf_counter() - start) * 1000
 
 
+async def sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The data of each SSE `data:` line as it arrives, `[DONE]` included."""
+    async for line in response.content:  # one SSE line at a time
+        if line.startswith(b"data: "):
+            yield line[6:].strip()
+
+
+def has_content(data: bytes) -> bool:
+    """Whether a chunk carries answer text (the first such chunk is the time to first token)."""
+    choices = orjson.loads(data).get("choices") or []
+    return bool(choices and (choices[0].get("delta") or {}).get("content"))
+
+
 async def one_stream(
     session: aiohttp.ClientSession, url: str, payload: bytes, headers: dict[str, str]
 ) -> tuple[float, float]:
@@ -70,17 +84,12 @@ async def one_stream(
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {await response.text()}")
         done = False
-        async for line in response.content:  # one SSE line at a time
-            if not line.startswith(b"data: "):
-                continue
-            data = line[6:].strip()
+        async for data in sse_data(response):
             if data == b"[DONE]":
                 done = True
                 continue
-            if first is None:
-                choices = orjson.loads(data).get("choices") or []
-                if choices and (choices[0].get("delta") or {}).get("content"):
-                    first = time.perf_counter()
+            if first is None and has_content(data):
+                first = time.perf_counter()
         if not done or first is None:
             raise RuntimeError("stream ended without content or [DONE]")
     end = time.perf_counter()
