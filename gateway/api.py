@@ -372,12 +372,9 @@ async def _read_body(request: Request, runtime: Runtime, account: Account) -> di
 
 
 def _tags(request: Request, metadata: object, runtime: Runtime) -> dict[str, str]:
-    tags = parse_tags(request.headers.get("x-gateway-tags"), metadata, runtime.config.tags.max_tags)
-    for name in ("team", "feature"):  # the older one-tag headers
-        value = request.headers.get(f"x-gateway-{name}")
-        if value:
-            tags.setdefault(name, value.strip()[:128])
-    return tags
+    headers = request.headers
+    single = {"team": headers.get("x-gateway-team"), "feature": headers.get("x-gateway-feature")}
+    return parse_tags(headers.get("x-gateway-tags"), metadata, runtime.config.tags.max_tags, single)
 
 
 def _context(request: Request, caller: Caller, account: Account) -> RequestContext:

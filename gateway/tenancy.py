@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -153,14 +154,20 @@ def presented_key(authorization: str | None, api_key_header: str | None) -> str 
     return api_key_header.strip() if api_key_header else None
 
 
-def parse_tags(header: str | None, metadata: object, limit: int) -> dict[str, str]:
-    """Tags from `x-gateway-tags: team=growth,feature=search` and the OpenAI `metadata` object; the
-    header wins on conflicts. At most `limit` tags, keys and values trimmed and bounded in length."""
+def parse_tags(
+    header: str | None, metadata: object, limit: int, single: Mapping[str, str | None] | None = None
+) -> dict[str, str]:
+    """Tags from `x-gateway-tags: team=growth,feature=search`, the older one-tag headers (`single`, e.g.
+    {"team": <x-gateway-team>}) and the OpenAI `metadata` object; headers win over metadata, and
+    `x-gateway-tags` over the one-tag headers. At most `limit` tags, keys and values trimmed and bounded."""
     tags: dict[str, str] = {}
     if isinstance(metadata, dict):
         for key, value in metadata.items():
             if isinstance(key, str) and isinstance(value, str):
                 tags[key.strip()[:64]] = value.strip()[:128]
+    for key, value in (single or {}).items():
+        if value:
+            tags[key] = value.strip()[:128]
     for part in (header or "").split(","):
         key, sep, value = part.partition("=")
         if sep and key.strip():

@@ -122,10 +122,9 @@ class UpstreamResponse:
         self.content = await self._response.read()
         return self.content
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in whatever pieces the socket gives (a stream's events are not held back)."""
-        async for data in self._response.content.iter_any():
-            yield data
+        return self._response.content.iter_any()
 
     def close(self) -> None:
         """A body read to its end returns the connection to the pool; any other is closed, so the upstream

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from gateway.costs import cost_usd
+from gateway.tenancy import parse_tags
 from providers.schema import Usage
 from routing.config import Price
 
@@ -272,3 +273,12 @@ def test_the_embedded_default_runs_without_keys(gateway_url: str) -> None:
 )
 def test_cost_arithmetic(tokens: Usage, price: Price | None, compute_s: float | None, expected: float) -> None:
     assert cost_usd(tokens, price, compute_s) == pytest.approx(expected, abs=1e-9)
+
+
+def test_tag_precedence_headers_over_metadata_and_the_tags_header_over_the_one_tag_headers() -> None:
+    metadata = {"team": "from-metadata", "feature": "from-metadata", "env": "prod"}
+    single = {"team": "from-team-header", "feature": "from-feature-header"}
+    tags = parse_tags("feature=from-tags-header", metadata, 10, single)
+    assert tags == {"team": "from-team-header", "feature": "from-tags-header", "env": "prod"}
+    assert parse_tags(None, metadata, 10, {"team": None, "feature": ""}) == metadata
+    assert len(parse_tags("a=1,b=2", {"c": "3"}, 2, {"team": "t"})) == 2  # the one-tag headers count too

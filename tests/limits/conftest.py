@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from gateway.limits import LimitExceeded
 from gateway.limits.base import BaseLimits
 from gateway.limits.memory import MemoryLimits
 from gateway.limits.plan import plan_for
@@ -58,6 +59,13 @@ def make_caller(
         }
     )
     return Caller(tenant=tenant, key_name=key_name, config=config)
+
+
+async def refused(limits: BaseLimits, *args: object) -> LimitExceeded:
+    """The refusal `limits.admit(*args)` raises (the test fails if it admits)."""
+    with pytest.raises(LimitExceeded) as caught:
+        await limits.admit(*args)  # type: ignore[arg-type]
+    return caught.value
 
 
 def as_key(caller: Caller, key_name: str) -> Caller:

@@ -15,13 +15,7 @@ import pytest
 from gateway.limits import Admission, LimitExceeded, RedisLimits
 from gateway.limits.base import BaseLimits
 from gateway.tenancy import ANONYMOUS
-from tests.limits.conftest import FakeClock, make_caller, spent_micro
-
-
-async def refused(limits: BaseLimits, *args: object) -> LimitExceeded:
-    with pytest.raises(LimitExceeded) as caught:
-        await limits.admit(*args)  # type: ignore[arg-type]
-    return caught.value
+from tests.limits.conftest import FakeClock, make_caller, refused, spent_micro
 
 
 async def test_reserve_then_settle_charges_the_actual(limits: BaseLimits, tenant: str, clock: FakeClock) -> None:

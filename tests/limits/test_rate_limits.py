@@ -10,13 +10,7 @@ import pytest
 from gateway.limits import LimitExceeded
 from gateway.limits.api import format_duration
 from gateway.limits.base import BaseLimits
-from tests.limits.conftest import FakeClock, as_key, make_caller
-
-
-async def refused(limits: BaseLimits, *args: object) -> LimitExceeded:
-    with pytest.raises(LimitExceeded) as caught:
-        await limits.admit(*args)  # type: ignore[arg-type]
-    return caught.value
+from tests.limits.conftest import FakeClock, as_key, make_caller, refused
 
 
 async def test_requests_per_minute_slide(limits: BaseLimits, tenant: str, clock: FakeClock) -> None:
